@@ -1,0 +1,140 @@
+"""Feeds file and settings: YAML in, validated pydantic models out.
+
+Every problem with a file becomes a :class:`ConfigError` whose message is one line
+naming the file and the field, so the CLI can print it and exit 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from transforms import __version__
+
+CONFIG_DIR = Path(__file__).resolve().parent
+DEFAULT_FEEDS = CONFIG_DIR / "feeds.yaml"
+DEFAULT_SETTINGS = CONFIG_DIR / "settings.yaml"
+
+
+class ConfigError(ValueError):
+    """A feeds or settings file is unreadable or invalid."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Feed(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="becomes the `source` column")
+    url: str
+    language: str | None = Field(None, pattern=r"^[a-z]{2}$", description="ISO 639-1; detected per article if absent")
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, v: str) -> str:
+        if not v.lower().startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v
+
+
+class HttpSettings(Strict):
+    user_agent: str = f"warta/{__version__} (+https://github.com/warta-news/warta)"
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
+    total_timeout: float = 30.0  # whole response, however slowly it drips
+    max_bytes: int = 5_000_000  # decoded body cap (also caps decompression)
+    max_feed_bytes: int = 10_000_000
+    max_redirects: int = 5
+    retries: int = 2
+    backoff: float = 0.5
+    respect_robots: bool = True
+    host_delay: float = 1.0  # seconds between requests to one host (robots crawl-delay wins if larger)
+    max_crawl_delay: float = 30.0  # a robots crawl-delay above this is clamped
+    fetch_threads: int = 16  # hosts fetched in parallel per worker; one connection per host at a time
+    block_private_addresses: bool = False  # refuse hosts resolving to private/link-local/loopback addresses
+
+
+class NerSettings(Strict):
+    enabled: bool = True
+    model_dir: str | None = None  # directory holding <lang>/ner.pt and <lang>/ner_pretrain.pt (other languages)
+    languages: dict[str, dict[str, str]] = {}  # explicit per-language paths: {en: {ner_model_path:..., ...}}
+    batch_size: int = 32  # documents per NER batch
+    threads: int | None = None  # torch threads per worker; None = torch default
+
+
+class DedupSettings(Strict):
+    near_threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity for near-duplicates")
+    window_days: int = Field(7, ge=1)
+    shingle_size: int = Field(5, ge=1)
+    num_perm: int = Field(128, ge=16)
+
+
+class Settings(Strict):
+    http: HttpSettings = HttpSettings()
+    ner: NerSettings = NerSettings()
+    dedup: DedupSettings = DedupSettings()
+    max_items_per_feed: int = Field(500, ge=1, description="new entries taken per feed per poll; the rest wait")
+    storage_options: dict[str, Any] = {}
+    min_text_chars: int = 200  # shorter extracted bodies are an `extract` error
+    lock_ttl: float = 3600.0  # seconds after which another run may take over a silent lock
+    runner: Literal["direct", "dask"] | str = "direct"
+
+
+def _read_yaml(path: str | Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(e, 'problem', None) or e}") from None
+
+
+def _first_error(path: str | Path, err: ValidationError, prefix: str = "") -> ConfigError:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+    return ConfigError(f"{path}: {loc}: {e['msg']}")
+
+
+def load_feeds(path: str | Path) -> list[Feed]:
+    data = _read_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get("feeds"), list) or not data["feeds"]:
+        raise ConfigError(f"{path}: expected a mapping with a non-empty `feeds:` list")
+    feeds = []
+    for i, item in enumerate(data["feeds"]):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{path}: feeds.{i}: expected a mapping with `name` and `url`")
+        try:
+            feeds.append(Feed(**item))
+        except ValidationError as err:
+            raise _first_error(path, err, f"feeds.{i}") from None
+    names = [f.name for f in feeds]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{path}: feed names must be unique: {', '.join(dupes)}")
+    return feeds
+
+
+def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from ``path`` (or defaults), then dotted ``overrides`` such as ``{"http.host_delay": 0}``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = _read_yaml(path)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings")
+        data = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return Settings(**data)
+    except ValidationError as err:
+        raise _first_error(path or "settings", err) from None

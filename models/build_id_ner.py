@@ -1,0 +1,148 @@
+"""Rebuild the shipped Indonesian Stanza NER model from ../shared/data, offline, with a fixed seed.
+
+    python models/build_id_ner.py [--data ../shared/data] [--out models/stanza/id] [--max-steps 8000]
+
+Steps (each cached in --work, so a rerun resumes):
+  1. corpus   raw Indonesian text: NERGrit + NER-P tokens, UD Indonesian (CSUI, GSD) sentences, and the
+              POS-tagged news corpus shipped in the PyPI package ``nlp-id``; tokenised like NERGrit, lower-cased.
+  2. vectors  gensim fastText (skip-gram, 100-d), exported for every corpus word (subword vectors cover rare
+              words) and converted to Stanza's ``Pretrain`` format -> ner_pretrain.pt
+  3. data     NERGrit (+ NER-P mapped PPL->PER, PLC->LOC, IND->ORG; EVT/FNB dropped to O) as Stanza JSON.
+  4. train    ``python -m stanza.models.ner_tagger`` on CPU -> ner.pt, scored on NERGrit valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from transforms.segment import TOKEN_RE  # noqa: E402
+
+LABEL_MAP = {
+    "PERSON": "PER", "PLACE": "LOC", "ORGANISATION": "ORG",  # NERGrit
+    "PPL": "PER", "PLC": "LOC", "IND": "ORG",  # NER-P; EVT and FNB are not kept
+}
+SEED = 1234
+
+
+def read_bio(path: Path) -> list[list[tuple[str, str]]]:
+    sents, cur = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            if cur:
+                sents.append(cur)
+            cur = []
+            continue
+        tok, _, tag = line.rpartition("\t")
+        cur.append((tok, tag.strip()))
+    if cur:
+        sents.append(cur)
+    return sents
+
+
+def map_tag(tag: str) -> str:
+    if tag == "O":
+        return "O"
+    prefix, _, label = tag.partition("-")
+    mapped = LABEL_MAP.get(label)
+    return f"{prefix}-{mapped}" if mapped else "O"
+
+
+def corpus_sentences(data: Path) -> list[list[str]]:
+    out: list[list[str]] = []
+    for f in sorted((data / "ner").glob("*/*.txt")):
+        out += [[t for t, _ in s] for s in read_bio(f)]
+    for f in sorted((data / "ud").glob("*.conllu")):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            if line.startswith("# text = "):
+                out.append(TOKEN_RE.findall(line[9:]))
+    try:
+        import nlp_id
+        postag = Path(nlp_id.__file__).parent / "data" / "dataset_postag.txt"
+        out += [[t for t, _ in s] for s in read_bio(postag)]
+    except ImportError:
+        print("nlp-id not installed: vectors use the shared corpora only", file=sys.stderr)
+    return [[t.lower() for t in s] for s in out if s]
+
+
+def build_vectors(data: Path, work: Path, out: Path, dim: int) -> Path:
+    pretrain = out / "ner_pretrain.pt"
+    if pretrain.exists():
+        return pretrain
+    from gensim.models import FastText
+    from stanza.models.common.pretrain import Pretrain
+
+    sents = corpus_sentences(data)
+    counts = Counter(t for s in sents for t in s)
+    print(f"vectors: {len(sents)} sentences, {sum(counts.values())} tokens, {len(counts)} types", flush=True)
+    ft = FastText(vector_size=dim, window=5, min_count=2, sg=1, epochs=10, seed=SEED, workers=1, min_n=3, max_n=5)
+    ft.build_vocab(corpus_iterable=sents)
+    ft.train(corpus_iterable=sents, total_examples=len(sents), epochs=ft.epochs)
+    txt = work / "vectors.txt"
+    words = [w for w, _ in counts.most_common() if not any(c.isspace() for c in w)]
+    with txt.open("w", encoding="utf-8") as fh:
+        fh.write(f"{len(words)} {dim}\n")
+        for w in words:
+            fh.write(w + " " + " ".join(f"{x:.5f}" for x in ft.wv[w]) + "\n")
+    Pretrain(str(pretrain), str(txt), max_vocab=len(words) + 10).load()
+    return pretrain
+
+
+def write_json(sents: list[list[tuple[str, str]]], path: Path) -> None:
+    path.write_text(json.dumps([[{"text": t, "ner": map_tag(g)} for t, g in s] for s in sents], ensure_ascii=False))
+
+
+def build_data(data: Path, work: Path, with_nerp: bool) -> tuple[Path, Path]:
+    train = read_bio(data / "ner/nergrit/train.txt")
+    if with_nerp:
+        train += read_bio(data / "ner/nerp/train.txt")
+    random.Random(SEED).shuffle(train)
+    train_json, valid_json = work / "train.json", work / "valid.json"
+    write_json(train, train_json)
+    write_json(read_bio(data / "ner/nergrit/valid.txt"), valid_json)
+    return train_json, valid_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--out", type=Path, default=ROOT / "models" / "stanza" / "id")
+    ap.add_argument("--work", type=Path, default=ROOT / ".work" / "ner")
+    ap.add_argument("--dim", type=int, default=100)
+    ap.add_argument("--max-steps", type=int, default=8000)
+    ap.add_argument("--with-nerp", action="store_true", help="add NER-P (lower-cased) to the training data")
+    ap.add_argument("--threads", type=int, default=2)
+    args, extra = ap.parse_known_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    pretrain = build_vectors(args.data, args.work, args.out, args.dim)
+    print(f"vectors ready in {time.time() - t0:.0f}s", flush=True)
+    train_json, valid_json = build_data(args.data, args.work, args.with_nerp)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    cmd = [
+        sys.executable, "-m", "stanza.models.ner_tagger", "--mode", "train", "--cpu",
+        "--train_file", str(train_json), "--eval_file", str(valid_json),
+        "--wordvec_pretrain_file", str(pretrain), "--shorthand", "id_warta",
+        "--save_dir", str(args.work), "--save_name", "ner.pt",
+        "--max_steps", str(args.max_steps), "--seed", str(SEED), *extra,
+    ]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env=env)
+    (args.work / "ner.pt").replace(args.out / "ner.pt")
+    print(f"done in {time.time() - t0:.0f}s -> {args.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""Compose the stages into one Beam pipeline (runner-agnostic: Create, ParDo, GroupByKey, Flatten only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import apache_beam as beam
+
+from config.settings import Feed, Settings
+from transforms.dedup import Deduplicate
+from transforms.extract import ExtractArticles
+from transforms.feeds import PollFeeds, SeenKeys
+from transforms.fetch import FetchPages
+from transforms.ner import TagEntities, model_paths
+from transforms.records import is_permanent
+from transforms.state import IndexSnapshot, error_index_row, load_index
+from transforms.store import Store
+from transforms.urls import normalize_url
+from transforms.write import WriteDataset, WriteState
+
+
+def load_seen(store: Store) -> SeenKeys:
+    return SeenKeys(load_index(store).url_keys)
+
+
+def load_snapshot(store: Store, window_days: int) -> IndexSnapshot:
+    return load_index(store, window_days=window_days)
+
+
+def first_entry(keyed):
+    """Of one URL reached through several feeds, keep one (the alphabetically first source)."""
+    _, entries = keyed
+    return min(entries, key=lambda e: (e["source"], e["feed_url"]))
+
+
+@dataclass
+class Plan:
+    """Everything one bounded run needs, decided by the driver before the pipeline starts."""
+
+    feeds: list[Feed]
+    settings: Settings
+    store: Store
+    run_id: str
+    validators: dict[str, dict]
+
+    def ner_paths(self) -> dict[str, dict[str, str] | None]:
+        langs = {"id", *self.settings.ner.languages}
+        langs |= {f.language for f in self.feeds if f.language}
+        if self.settings.ner.model_dir:
+            from pathlib import Path
+            base = Path(self.settings.ner.model_dir)
+            if base.is_dir():
+                langs |= {p.name for p in base.iterdir() if (p / "ner.pt").exists()}
+        # detected languages without a model get None at tagging time
+        return {lang: model_paths(lang, self.settings.ner) for lang in sorted(langs)}
+
+
+def build(p: beam.Pipeline, plan: Plan) -> None:
+    s = plan.settings
+    polled = (
+        p
+        | "ListFeeds" >> beam.Create(plan.feeds)
+        | "PollFeeds" >> PollFeeds(s.http, plan.validators, s.max_items_per_feed, partial(load_seen, plan.store))
+    )
+    pages = (
+        polled.entries
+        | "KeyByUrl" >> beam.Map(lambda e: (normalize_url(e["url"]), e))
+        | "GroupByUrl" >> beam.GroupByKey()
+        | "OneEntryPerUrl" >> beam.Map(first_entry)
+        | "FetchPages" >> FetchPages(s.http)
+    )
+    extracted = pages.pages | "ExtractArticles" >> ExtractArticles(s.min_text_chars)
+    deduped = extracted.articles | "Deduplicate" >> Deduplicate(
+        s.dedup, partial(load_snapshot, plan.store, s.dedup.window_days))
+    tagged = deduped.articles | "TagEntities" >> TagEntities(s.ner, plan.ner_paths())
+
+    tagged.articles | "WriteArticles" >> WriteDataset(plan.store, plan.run_id, "articles")
+    errors = (polled.errors, pages.errors, extracted.errors, tagged.errors) | "AllErrors" >> beam.Flatten()
+    errors | "WriteErrors" >> WriteDataset(plan.store, plan.run_id, "errors")
+    remembered = (
+        errors
+        | "PermanentFailures" >> beam.Filter(is_permanent)
+        | "FailureIndexRows" >> beam.Map(error_index_row)
+    )
+    (deduped.index, remembered) | "AllIndexRows" >> beam.Flatten() | "WriteIndex" >> WriteState(
+        plan.store, plan.run_id, "index")
+    polled.feed_state | "WriteFeedState" >> WriteState(plan.store, plan.run_id, "feeds")

@@ -1,0 +1,166 @@
+"""``run(argv)``: one bounded run, or a loop of them with ``--every``; the summary line; exit codes."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from config.settings import ConfigError, Settings, load_feeds, load_settings
+from pipeline.build import Plan, build
+from pipeline.commit import LockedError, RunLock, commit, new_run_id, recover
+from pipeline.options import split_args
+from transforms.state import FEEDS_FILE
+from transforms.store import Store
+
+log = logging.getLogger("warta")
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
+COUNTERS = ("feeds_polled", "feeds_unchanged", "feeds_failed", "entries_new", "pages_fetched", "pages_failed",
+            "pages_extracted", "extract_failed", "duplicates_exact", "duplicates_near", "entities",
+            "ner_no_model", "articles_rows_staged", "errors_rows_staged")
+
+
+def beam_options(beam_args: list[str], runner: str | None, dask_address: str | None) -> PipelineOptions:
+    args = list(beam_args)
+    name = (runner or "direct").lower()
+    if name == "direct":
+        args += ["--runner", "DirectRunner"]
+    elif name == "dask":
+        args += ["--runner", "apache_beam.runners.dask.dask_runner.DaskRunner"]
+        if dask_address:
+            args += ["--dask_client_address", dask_address]
+    else:
+        args += ["--runner", runner]
+    return PipelineOptions(args, save_main_session=False)
+
+
+def counters(result) -> dict[str, int]:
+    out = dict.fromkeys(COUNTERS, 0)
+    try:
+        for c in result.metrics().query(MetricsFilter().with_namespace("warta"))["counters"]:
+            value = c.committed if c.committed is not None else c.attempted
+            out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
+    except Exception:  # some runners do not report metrics; the manifest still lists the files
+        log.debug("runner reported no metrics", exc_info=True)
+    return out
+
+
+def summary_line(c: dict[str, Any], seconds: float, missing_models: list[str]) -> str:
+    line = (f"warta run {c.get('run_id', '')}: feeds polled={c['feeds_polled']} unchanged={c['feeds_unchanged']} "
+            f"failed={c['feeds_failed']} | entries new={c['entries_new']} | pages fetched={c['pages_fetched']} "
+            f"extracted={c['pages_extracted']} | duplicates exact={c['duplicates_exact']} near={c['duplicates_near']} "
+            f"| entities={c['entities']} | rows written={c['articles_rows_staged']} "
+            f"| errors={c['errors_rows_staged']} | {seconds:.1f}s")
+    if c.get("ner_no_model"):
+        line += f" | {c['ner_no_model']} articles without NER model ({', '.join(missing_models) or 'unknown language'})"
+    return line
+
+
+def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runner: str | None = None,
+             dask_address: str | None = None) -> dict[str, Any]:
+    """Poll, process, commit. Raises LockedError when another run holds the output."""
+    t0 = time.monotonic()
+    store = Store(output, settings.storage_options)
+    run_id = new_run_id()
+    with RunLock(store, run_id, ttl=settings.lock_ttl):
+        recover(store, settings.dedup.window_days)
+        plan = Plan(feeds=feeds, settings=settings, store=store, run_id=run_id,
+                    validators=store.read_json(FEEDS_FILE, default={}) or {})
+        p = beam.Pipeline(options=beam_options(beam_args, runner, dask_address))
+        build(p, plan)
+        result = p.run()
+        result.wait_until_finish()
+        stats = {"run_id": run_id, **counters(result)}
+        commit(store, run_id, stats, settings.dedup.window_days)
+    missing = sorted(lang for lang, paths in plan.ner_paths().items() if paths is None)
+    stats["seconds"] = round(time.monotonic() - t0, 2)
+    log.info(summary_line(stats, stats["seconds"], missing))
+    return stats
+
+
+def run(argv: list[str] | None = None) -> int:
+    ns, beam_args, overrides = split_args(argv)
+    logging.basicConfig(level=getattr(logging, ns.log_level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    for noisy in ("apache_beam", "urllib3", "stanza", "trafilatura", "htmldate", "distributed"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, ns.log_level)))
+    with ExitStack() as stack:
+        try:
+            if ns.example:
+                from pipeline.example import serve_example
+                ns.feeds, example_overrides = stack.enter_context(serve_example())
+                overrides = {**example_overrides, **overrides}
+                if ns.output == "./data":
+                    ns.output = "./data-example"
+            settings = load_settings(ns.config, overrides)
+            feeds = load_feeds(ns.feeds)
+        except ConfigError as e:
+            print(f"warta: configuration error: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+        try:
+            Store(ns.output, settings.storage_options).check_writable()
+        except Exception as e:  # unwritable or unreachable output
+            print(f"warta: configuration error: output {ns.output} is not writable: {type(e).__name__}: {e}",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        dask_address = ns.dask_address
+        if (ns.runner or "").lower() == "dask" and not dask_address:
+            dask_address = stack.enter_context(local_dask_cluster())
+        try:
+            if ns.every:
+                return run_every(ns.every, feeds, settings, ns.output, beam_args, ns.runner, dask_address)
+            run_once(feeds, settings, ns.output, beam_args, ns.runner, dask_address)
+        except LockedError as e:
+            print(f"warta: {e}", file=sys.stderr)
+            return EXIT_LOCKED
+    return EXIT_OK
+
+
+class local_dask_cluster:
+    """A local dask.distributed cluster (2 worker processes) for ``--runner dask`` without an address."""
+
+    def __enter__(self) -> str:
+        from distributed import LocalCluster
+        self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+        return self.cluster.scheduler_address
+
+    def __exit__(self, *exc) -> None:
+        self.cluster.close()
+
+
+def run_every(interval: float, feeds, settings: Settings, output: str, beam_args: list[str],
+              runner: str | None, dask_address: str | None) -> int:
+    """Bounded runs in one long-lived process until SIGINT/SIGTERM; the poll in flight is finished."""
+    stop = threading.Event()
+
+    def request_stop(signum, _frame):
+        log.info("signal %s: finishing the current poll, then exiting", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                run_once(feeds, settings, output, beam_args, runner, dask_address)
+            except LockedError as e:
+                log.warning("skipping this poll: %s", e)
+            except Exception:
+                log.exception("poll failed; nothing from it was committed, the next poll retries")
+            stop.wait(max(0.0, interval - (time.monotonic() - started)))
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return EXIT_OK
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,269 @@
+"""Stage 3 — extract clean body text and metadata from a fetched page.
+
+trafilatura does the body; we add an Indonesian-news boilerplate filter ("Baca Juga:", ad and scroll
+markers, photo credits, share/comment widgets) and our own metadata reading (canonical URL, JSON-LD /
+meta published time with its time zone), with the feed's values preferred where feeds are reliable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import urljoin
+
+import apache_beam as beam
+import lxml.html
+import py3langid
+import trafilatura
+from dateutil import parser as dateparser
+
+from transforms.records import error_from
+from transforms.urls import article_id, normalize_url
+
+ERRORS = "errors"
+
+# Lines that are never article text on Indonesian (and English) news pages. Matched case-insensitively
+# against a whole line after trimming.
+BOILERPLATE_LINE = re.compile(
+    r"""^(?:
+        (?:baca|lihat|simak|cek)\s+(?:juga|pula|selengkapnya|berita\s+lainnya|artikel\s+lainnya)\b.*
+      | (?:berita|artikel)\s+(?:terkait|lainnya|pilihan|rekomendasi)\s*:?.*
+      | read\s+(?:also|more)\s*:.*
+      | advertisement | iklan | scroll\s+(?:to|untuk)\s+(?:continue|lanjut(?:kan)?)\b.*
+      | (?:\(?\s*)?(?:foto|photo|gambar|ilustrasi|image|sumber\s+foto)\s*:.{0,160}
+      | (?:editor|penulis|reporter|pewarta|penyunting|redaktur)\s*:.{0,80}
+      | (?:bagikan|share)(?:\s+(?:artikel|berita|this|ini))?\s*:?(?:\s*(?:facebook|twitter|whatsapp|telegram|line|x|copy\s+link|salin\s+tautan)\W*)*
+      | (?:facebook|twitter|whatsapp|telegram|line|email|copy\s+link|salin\s+tautan)(?:\W+(?:facebook|twitter|whatsapp|telegram|line|email|copy\s+link|salin\s+tautan))*\W*
+      | komentar | tinggalkan\s+(?:komentar|balasan)\b.* | \d+\s+komentar | leave\s+a\s+(?:comment|reply)\b.*
+      | (?:dapatkan|ikuti)\s+(?:update|berita|informasi)\b.{0,120}(?:google\s+news|whatsapp|telegram|channel).*
+      | tags?\s*:.* | topik\s*:.*
+    )$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
+# Inline markers that may sit inside a paragraph.
+INLINE_MARKERS = re.compile(r"\s*(?:ADVERTISEMENT|SCROLL TO CONTINUE WITH CONTENT)\s*")
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "include_comments": False,
+    "include_tables": False,
+    "favor_recall": True,
+    "deduplicate": False,
+}
+
+
+@dataclass(frozen=True)
+class PageMeta:
+    canonical_url: str | None = None
+    published_at: datetime | None = None
+    title: str | None = None
+    authors: list[str] = field(default_factory=list)
+    image: str | None = None
+    language: str | None = None
+
+
+def clean_text(text: str) -> str:
+    """Drop boilerplate lines and markers, normalise whitespace; paragraphs joined by newlines."""
+    lines = []
+    for raw in text.splitlines():
+        line = INLINE_MARKERS.sub(" ", raw)
+        line = " ".join(line.split())
+        if not line or BOILERPLATE_LINE.match(line):
+            continue
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def content_hash(text: str) -> str:
+    norm = " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+    return hashlib.sha256(norm.encode("utf-8")).hexdigest()
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    if not value or not isinstance(value, str):
+        return None
+    try:
+        dt = dateparser.isoparse(value.strip())
+    except (ValueError, OverflowError):
+        try:
+            dt = dateparser.parse(value.strip())
+        except (ValueError, OverflowError, TypeError):
+            return None
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc)
+
+
+def plausible(dt: datetime | None, fetched_at: datetime) -> datetime | None:
+    """Reject dates in the future (beyond a day of clock skew) or before the web news era."""
+    if dt is None:
+        return None
+    if dt > fetched_at + timedelta(days=1) or dt.year < 1995:
+        return None
+    return dt
+
+
+def _jsonld_objects(tree) -> list[dict]:
+    out: list[dict] = []
+    for node in tree.xpath('//script[@type="application/ld+json"]/text()'):
+        try:
+            data = json.loads(node)
+        except (ValueError, TypeError):
+            continue
+        stack = data if isinstance(data, list) else [data]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                out.append(item)
+                stack.extend(v for k, v in item.items() if k == "@graph" and isinstance(v, list))
+            elif isinstance(item, list):
+                stack.extend(item)
+    return out
+
+
+def _names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return _names(value.get("name"))
+    if isinstance(value, list):
+        return [n for v in value for n in _names(v)]
+    return []
+
+
+def read_meta(tree, base_url: str) -> PageMeta:
+    """Canonical URL, published time, title, authors, image and language from the page head."""
+    def meta(*names: str) -> str | None:
+        for n in names:
+            v = tree.xpath(f'//meta[@property="{n}" or @name="{n}" or @itemprop="{n}"]/@content')
+            if v and v[0].strip():
+                return v[0].strip()
+        return None
+
+    canon = tree.xpath('//link[contains(concat(" ", normalize-space(@rel), " "), " canonical ")]/@href')
+    canonical = canon[0].strip() if canon and canon[0].strip() else meta("og:url")
+    if canonical:
+        canonical = urljoin(base_url, canonical)
+        if not canonical.startswith(("http://", "https://")):
+            canonical = None
+
+    articles = [o for o in _jsonld_objects(tree)
+                if any(t in str(o.get("@type", "")) for t in ("Article", "Posting", "Report"))]
+    published = None
+    for obj in articles:
+        published = parse_datetime(obj.get("datePublished"))
+        if published:
+            break
+    published = published or parse_datetime(meta("article:published_time", "datePublished", "pubdate",
+                                                 "publishdate", "date", "dc.date", "DC.date.issued"))
+    authors = [a for obj in articles for a in _names(obj.get("author"))]
+    if not authors:
+        a = meta("author", "article:author")
+        authors = [a] if a and not a.startswith("http") else []
+    lang = tree.xpath("/html/@lang")
+    return PageMeta(
+        canonical_url=canonical,
+        published_at=published,
+        title=meta("og:title", "twitter:title") or (tree.findtext(".//title") or "").strip() or None,
+        authors=[" ".join(a.split()) for a in dict.fromkeys(authors) if a.strip()],
+        image=meta("og:image", "twitter:image"),
+        language=(lang[0].split("-")[0].lower() if lang and lang[0].strip() else None),
+    )
+
+
+def detect_language(text: str) -> str | None:
+    if not text.strip():
+        return None
+    lang, _ = py3langid.classify(text[:3000])
+    return lang
+
+
+def extract_body(html: str | bytes, url: str | None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
+    """Cleaned body text and trafilatura's metadata dict for one page."""
+    doc = trafilatura.bare_extraction(html, url=url, with_metadata=True, **{**DEFAULT_OPTIONS, **(options or {})})
+    if doc is None:
+        return "", {}
+    data = doc.as_dict() if hasattr(doc, "as_dict") else dict(doc)
+    return clean_text(data.get("text") or ""), data
+
+
+def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A fetched page in, an article row (without entities) out. Raises ValueError when no article is found."""
+    html = page["html"]
+    if not html or not html.strip():
+        raise ValueError("empty page")
+    final_url = page.get("final_url") or page["url"]
+    try:
+        tree = lxml.html.fromstring(html)
+    except (lxml.etree.ParserError, ValueError) as e:
+        raise ValueError(f"unparseable HTML: {e}") from None
+    meta = read_meta(tree, final_url)
+    text, traf = extract_body(tree, final_url, options)
+    if len(text) < min_chars:
+        raise ValueError(f"no article body found ({len(text)} characters of text)")
+    fetched_at = page["fetched_at"]
+    published = (plausible(page.get("feed_published_at"), fetched_at)
+                 or plausible(meta.published_at, fetched_at)
+                 or plausible(parse_datetime(traf.get("date")), fetched_at))
+    url = normalize_url(final_url)
+    authors = page.get("feed_authors") or meta.authors or [
+        a.strip() for a in re.split(r";|\band\b|\bdan\b", traf.get("author") or "") if a.strip()]
+    return {
+        "article_id": article_id(url),
+        "url": url,
+        "canonical_url": normalize_url(meta.canonical_url) if meta.canonical_url else None,
+        "source": page["source"],
+        "feed_url": page["feed_url"],
+        "title": page.get("feed_title") or meta.title or traf.get("title"),
+        "authors": authors,
+        "published_at": published,
+        "fetched_at": fetched_at,
+        "language": page.get("language") or detect_language(text) or meta.language,
+        "text": text,
+        "content_hash": content_hash(text),
+        "image_url": meta.image or traf.get("image"),
+        "duplicate_of": None,
+        "entities": [],
+        "entry_url": page["url"],  # internal: the link as the feed gave it (for the state index)
+    }
+
+
+class _ExtractFn(beam.DoFn):
+    def __init__(self, min_chars: int, options: dict[str, Any] | None):
+        self.min_chars, self.options = min_chars, options
+        self.ok = beam.metrics.Metrics.counter("warta", "pages_extracted")
+        self.failed = beam.metrics.Metrics.counter("warta", "extract_failed")
+        self.count = 0
+
+    def process(self, page):
+        try:
+            row = extract_article(page, min_chars=self.min_chars, options=self.options)
+        except Exception as e:  # hostile HTML must not escape: dead-letter it
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, error_from(e, "extract", page))
+            return
+        self.ok.inc()
+        self.count += 1
+        if self.count % 1000 == 0:  # trafilatura keeps LRU caches; keep memory flat on long runs
+            trafilatura.reset_caches()
+        yield row
+
+
+@dataclass(eq=False)
+class ExtractArticles(beam.PTransform):
+    """Pages in; article rows out (main) and ``errors``."""
+
+    min_chars: int = 200
+    options: dict[str, Any] | None = None
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, pages):
+        return pages | "Extract" >> beam.ParDo(_ExtractFn(self.min_chars, self.options)).with_outputs(ERRORS, main="articles")

@@ -1,0 +1,119 @@
+"""Stage 6 — write Parquet into the run's staging area under ``_state/pending/<run_id>/``.
+
+Nothing written here is visible to readers of ``articles/`` or ``errors/``: the driver's commit step
+(:mod:`pipeline.commit`) publishes the staged files and only then advances the run state.
+File names are deterministic (one file per partition per run), so a replayed commit overwrites
+identical bytes instead of adding rows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+
+from transforms.state import index_table
+from transforms.store import Store
+
+ENTITY = pa.struct([("text", pa.string()), ("label", pa.string()),
+                    ("start_char", pa.int32()), ("end_char", pa.int32())])
+TS = pa.timestamp("us", tz="UTC")
+ARTICLE_SCHEMA = pa.schema([
+    ("article_id", pa.string()), ("url", pa.string()), ("canonical_url", pa.string()),
+    ("source", pa.string()), ("feed_url", pa.string()), ("title", pa.string()),
+    ("authors", pa.list_(pa.string())), ("published_at", TS), ("fetched_at", TS),
+    ("language", pa.string()), ("text", pa.string()), ("content_hash", pa.string()),
+    ("duplicate_of", pa.string()), ("entities", pa.list_(ENTITY)), ("image_url", pa.string()),
+])
+ERROR_SCHEMA = pa.schema([
+    ("url", pa.string()), ("feed_url", pa.string()), ("source", pa.string()), ("stage", pa.string()),
+    ("error", pa.string()), ("status", pa.int32()), ("at", TS),
+])
+
+
+def staging_dir(run_id: str) -> str:
+    return f"_state/pending/{run_id}"
+
+
+def partition_of(row: dict[str, Any], dataset: str) -> str:
+    if dataset == "articles":
+        day = (row.get("published_at") or row["fetched_at"]).strftime("%Y-%m-%d")
+        return f"date={day}/source={row['source']}"
+    return f"date={row['at'].strftime('%Y-%m-%d')}"
+
+
+def rows_table(rows: list[dict[str, Any]], schema: pa.Schema, sort_key: str) -> pa.Table:
+    rows = sorted(rows, key=lambda r: (r.get(sort_key) or "", str(r.get("stage", ""))))
+    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
+
+
+class _WritePartitionFn(beam.DoFn):
+    def __init__(self, store: Store, run_id: str, dataset: str):
+        self.store, self.run_id, self.dataset = store, run_id, dataset
+        self.rows = beam.metrics.Metrics.counter("warta", f"{dataset}_rows_staged")
+
+    def process(self, keyed):
+        partition, rows = keyed
+        rows = list(rows)
+        schema, key = (ARTICLE_SCHEMA, "article_id") if self.dataset == "articles" else (ERROR_SCHEMA, "url")
+        rel = f"{staging_dir(self.run_id)}/{self.dataset}/{partition}/part-{self.run_id}.parquet"
+        self.store.write_table(rel, rows_table(rows, schema, key))
+        self.rows.inc(len(rows))
+        yield rel
+
+
+@dataclass(eq=False)
+class WriteDataset(beam.PTransform):
+    """Rows in; one staged Parquet file per Hive partition; emits the staged paths."""
+
+    store: Store
+    run_id: str
+    dataset: str  # "articles" or "errors"
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, rows):
+        dataset = self.dataset
+        return (
+            rows
+            | "KeyByPartition" >> beam.Map(lambda r: (partition_of(r, dataset), r))
+            | "GroupByPartition" >> beam.GroupByKey()
+            | "WriteParquet" >> beam.ParDo(_WritePartitionFn(self.store, self.run_id, dataset))
+        )
+
+
+def _write_index(rows, store: Store, run_id: str):
+    rows = sorted(rows, key=lambda r: r["article_id"])
+    store.write_table(f"{staging_dir(run_id)}/index.parquet", index_table(rows))
+    return len(rows)
+
+
+def _write_feed_state(states, store: Store, run_id: str):
+    store.write_bytes(f"{staging_dir(run_id)}/feeds.json",
+                      json.dumps(sorted(states, key=lambda s: s["feed_url"]), default=str).encode())
+    return len(states)
+
+
+@dataclass(eq=False)
+class WriteState(beam.PTransform):
+    """Stage the run's state delta (index rows or feed states) as one file."""
+
+    store: Store
+    run_id: str
+    kind: str  # "index" or "feeds"
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, rows):
+        fn = _write_index if self.kind == "index" else _write_feed_state
+        store, run_id = self.store, self.run_id
+        return (
+            rows
+            | "Collect" >> beam.combiners.ToList()
+            | "Write" >> beam.Map(lambda rows: fn(rows, store, run_id))
+        )
