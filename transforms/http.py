@@ -180,8 +180,9 @@ class HttpClient:
         return Response(url=resp.url, status=resp.status_code, headers=hdrs, body=b"".join(chunks))
 
     # -- politeness --------------------------------------------------------------------------
-    def robots(self, url: str) -> urllib.robotparser.RobotFileParser | bool:
-        """Parsed robots.txt for the URL's origin; ``True`` = allow all, ``False`` = disallow all."""
+    def robots(self, url: str) -> urllib.robotparser.RobotFileParser | bool | FetchError:
+        """Parsed robots.txt for the URL's origin; ``True`` = allow all, ``False`` = disallow all,
+        a FetchError when the host could not be reached at all."""
         parts = urlsplit(url)
         origin = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
         with self._robots_lock:
@@ -189,8 +190,9 @@ class HttpClient:
                 return self._robots[origin]
         try:
             resp = self.get(origin + "/robots.txt", max_bytes=512_000)
-        except FetchError:
-            rules: urllib.robotparser.RobotFileParser | bool = False
+        except FetchError as e:  # host unreachable: nothing else there can be fetched either
+            rules: urllib.robotparser.RobotFileParser | bool | FetchError = FetchError(
+                f"host unreachable (robots.txt: {e})", status=e.status)
         else:
             if resp.status >= 500:
                 rules = False
@@ -205,13 +207,15 @@ class HttpClient:
 
     def crawl_delay(self, url: str) -> float:
         rules = self.robots(url) if self.settings.respect_robots else True
-        delay = rules.crawl_delay(self.settings.user_agent) if not isinstance(rules, bool) else None
+        delay = rules.crawl_delay(self.settings.user_agent) if isinstance(rules, urllib.robotparser.RobotFileParser) else None
         return max(self.settings.host_delay, min(float(delay or 0), self.settings.max_crawl_delay))
 
     def allowed(self, url: str) -> bool:
         if not self.settings.respect_robots:
             return True
         rules = self.robots(url)
+        if isinstance(rules, FetchError):
+            raise FetchError(str(rules), status=rules.status, url=url)
         return rules if isinstance(rules, bool) else rules.can_fetch(self.settings.user_agent, url)
 
     def polite_get(self, url: str, **kwargs) -> Response:

@@ -1,0 +1,166 @@
+"""Shared fixtures: a loopback news world (feeds, pages, failure cases) and helpers to read the lake."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.example import atom_feed, rss_feed, wordpress_page  # noqa: E402
+from pipeline.loopback import LoopbackServer, Route  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+WIB = timezone(timedelta(hours=7))
+T0 = datetime(2024, 11, 12, 10, 0, tzinfo=WIB)
+
+
+def seed_article() -> tuple[str, list[str]]:
+    lines = [l.strip() for l in sorted((DATA / "seed").iterdir())[0].read_text().splitlines() if l.strip()]
+    return lines[0], [l for l in lines[1:] if l != "Komentar"]
+
+
+def english_pages(n: int = 2) -> list[tuple[str, str]]:
+    """(html, ground-truth body) of benchmark pages, smallest first after the tiny ones."""
+    truth = json.loads((DATA / "extraction/ground-truth.json").read_text())
+    ids = sorted(truth, key=lambda i: (DATA / f"extraction/html/{i}.html.gz").stat().st_size)[30:30 + n]
+    return [(gzip.decompress((DATA / f"extraction/html/{i}.html.gz").read_bytes()).decode("utf-8"),
+             truth[i]["articleBody"]) for i in ids]
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def slow_handler(delay: float):
+    def handle(req):
+        time.sleep(delay)
+        try:
+            req._send(200, b"<html><body>late</body></html>", "text/html")
+        except OSError:
+            pass
+    return handle
+
+
+class World:
+    """A news world on one loopback server: two Indonesian RSS outlets, one English Atom outlet,
+    and every failure case the pipeline must turn into an errors/ row."""
+
+    def __init__(self, server: LoopbackServer):
+        self.server = server
+        self.base = server.base
+        title, paras = seed_article()
+        self.seed_title, self.seed_paras = title, paras
+        self.id_items: list[dict] = []
+        r = server.routes
+        r["/robots.txt"] = Route("User-agent: *\nDisallow: /private/\n", "text/plain")
+        for i in range(3):
+            slug = f"artikel-{i}"
+            ps = paras if i == 0 else [f"Paragraf {j} berita {i}: " + p for j, p in enumerate(paras[i:i + 6])]
+            self.add_id_page(slug, title if i == 0 else f"Berita nomor {i}", ps, T0 + timedelta(hours=i))
+        # failure cases, linked from the same feed
+        self.failures = {
+            "404": "/id/hilang.html", "500": "/id/rusak.html", "timeout": "/id/lambat.html",
+            "pdf": "/id/dokumen.pdf", "oversize": "/id/besar.html", "robots": "/private/rahasia.html",
+            "unreachable": f"http://127.0.0.1:{closed_port()}/id/mati.html",
+        }
+        r["/id/rusak.html"] = Route("error", status=500)
+        r["/id/lambat.html"] = slow_handler(5)
+        r["/id/dokumen.pdf"] = Route(b"%PDF-1.4 ...", "application/pdf")
+        r["/id/besar.html"] = Route("<html><body>" + "<p>isi berita panjang sekali.</p>" * 60000 + "</body></html>")
+        r["/private/rahasia.html"] = Route("<html><body><p>secret</p></body></html>")
+        latin = wordpress_page(title="Café à São Paulo", paragraphs=[
+            "Le café était délicieux à São Paulo, dit-il, et la crème brûlée aussi." * 3] * 3,
+            url=self.base + "/id/latin.html", published=T0, author="Zoë", lang="fr").replace("utf-8", "iso-8859-1")
+        r["/id/latin.html"] = Route(latin.encode("iso-8859-1"), "text/html; charset=iso-8859-1")
+        self.extra_links = [self.base + p if p.startswith("/") else p for p in self.failures.values()]
+        self.extra_links.append(self.base + "/id/latin.html")
+        self.publish_id_feed()
+        # English outlet (Atom) with benchmark pages; one of them also linked with tracking params
+        en_items = []
+        for n, (page, _) in enumerate(english_pages(2)):
+            r[f"/en/story-{n}.html"] = Route(page)
+            en_items.append({"title": f"Story {n}", "link": f"{self.base}/en/story-{n}.html",
+                             "published": datetime(2024, 11, 11, 12 + n, tzinfo=timezone.utc)})
+        r["/en/atom.xml"] = Route(atom_feed(title="EN", link=self.base + "/en/", items=en_items),
+                                  "application/atom+xml")
+        # a second Indonesian outlet that links the first outlet's article with tracking params
+        r["/kabar/feed.xml"] = Route(rss_feed(title="Kabar", link=self.base + "/kabar/", items=[
+            {"title": title, "link": self.base + "/id/artikel-0.html?utm_source=kabar&utm_medium=rss#top",
+             "published": T0}]), "application/rss+xml")
+        r["/bad/feed.xml"] = Route("<html><body><h1>Not a feed</h1></body></html>", "text/html")
+        r["/broken/feed.xml"] = Route(  # malformed (unclosed tags, bad entity) but readable
+            f"<?xml version='1.0'?><rss version='2.0'><channel><title>Broken &nbsp; feed</title>"
+            f"<item><title>Berita nomor 1</title><link>{self.base}/id/artikel-1.html</link>"
+            f"<pubDate>Tue, 12 Nov 2024 11:00:00 +0700</pubDate></item><item><title>x", "application/rss+xml")
+
+    def add_id_page(self, slug: str, title: str, paras: list[str], published: datetime, author: str = "Redaksi"):
+        url = f"{self.base}/id/{slug}.html"
+        self.server.routes[f"/id/{slug}.html"] = Route(wordpress_page(
+            title=title, paragraphs=paras, url=url, published=published, author=author,
+            related=[("Harga beras naik", self.base + "/id/beras.html")], canonical=url))
+        self.id_items.append({"title": title, "link": url, "published": published, "author": author})
+
+    def publish_id_feed(self):
+        items = self.id_items + [{"title": "gagal", "link": u, "published": T0} for u in self.extra_links]
+        self.server.routes["/id/feed.xml"] = Route(
+            rss_feed(title="Patroli", link=self.base + "/id/", items=items), "application/rss+xml")
+
+    def feeds_yaml(self, path: Path, *names: str) -> Path:
+        feeds = {
+            "patroli": (f"{self.base}/id/feed.xml", "id"), "kabar": (f"{self.base}/kabar/feed.xml", "id"),
+            "en": (f"{self.base}/en/atom.xml", None), "bad": (f"{self.base}/bad/feed.xml", None),
+            "broken": (f"{self.base}/broken/feed.xml", "id"),
+            "down": (f"http://127.0.0.1:{closed_port()}/feed.xml", None),
+            "missing": (f"{self.base}/nope/feed.xml", None),
+        }
+        lines = ["feeds:"]
+        for n in names or feeds:
+            url, lang = feeds[n]
+            lines += [f"  - name: {n}", f"    url: {url}"] + ([f"    language: {lang}"] if lang else [])
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+
+@pytest.fixture
+def server():
+    with LoopbackServer() as s:
+        yield s
+
+
+@pytest.fixture
+def world(server):
+    return World(server)
+
+
+FAST_SETTINGS = """
+http:
+  host_delay: 0
+  total_timeout: 3
+  read_timeout: 2
+  connect_timeout: 1
+  retries: 1
+  backoff: 0.01
+  max_bytes: 1000000
+ner:
+  batch_size: 8
+"""
+
+
+@pytest.fixture
+def fast_config(tmp_path) -> Path:
+    p = tmp_path / "settings.yaml"
+    p.write_text(FAST_SETTINGS)
+    return p

@@ -1,0 +1,160 @@
+"""End to end: run_local.py in a subprocess against the loopback world, the lake read with DuckDB."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+
+import duckdb
+import pytest
+
+from conftest import ROOT, T0
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run_local.py"), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def articles(out) -> list[dict]:
+    rel = duckdb.sql(f"select * from read_parquet('{out}/articles/**/*.parquet', hive_partitioning=true)")
+    return [dict(zip(rel.columns, row)) for row in rel.fetchall()]
+
+
+def errors(out) -> list[dict]:
+    rel = duckdb.sql(f"select * from read_parquet('{out}/errors/**/*.parquet', hive_partitioning=true)")
+    return [dict(zip(rel.columns, row)) for row in rel.fetchall()]
+
+
+def page_requests(server) -> list[str]:
+    return [p for p in server.paths_requested() if not p.endswith((".xml", "robots.txt"))]
+
+
+def test_full_run_then_rerun_then_growth(world, server, tmp_path, fast_config):
+    feeds = world.feeds_yaml(tmp_path / "feeds.yaml")
+    out = tmp_path / "lake"
+    res = run_cli("--feeds", str(feeds), "--output", str(out), "--config", str(fast_config))
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = res.stderr.strip().splitlines()[-1]
+    assert "feeds polled=7" in summary and "rows written=" in summary, summary
+
+    rows = articles(out)
+    by_url = {r["url"]: r for r in rows}
+    base = world.base
+    # the seed article, reached by two feeds (once with utm_* and a fragment), is written once
+    assert sum(r["url"] == f"{base}/id/artikel-0.html" for r in rows) == 1
+    assert {f"{base}/id/artikel-{i}.html" for i in range(3)} <= set(by_url)
+    assert {f"{base}/en/story-{i}.html" for i in range(2)} <= set(by_url)
+    seed = by_url[f"{base}/id/artikel-0.html"]
+    assert seed["source"] == "kabar" or seed["source"] == "patroli"
+    assert seed["language"] == "id" and seed["date"].isoformat() == "2024-11-12"
+    assert seed["published_at"] == T0.astimezone(seed["published_at"].tzinfo)  # +0700 converted to UTC
+    assert seed["title"] == world.seed_title and seed["authors"] == ["Redaksi"]
+    assert "Vladimir Putin" in seed["text"] and "Baca Juga" not in seed["text"]
+    assert "ADVERTISEMENT" not in seed["text"] and "Bagikan" not in seed["text"]
+    assert len(seed["article_id"]) == 24 and seed["content_hash"]
+    for r in rows:
+        for e in r["entities"]:
+            assert r["text"][e["start_char"]:e["end_char"]] == e["text"]
+    en = by_url[f"{base}/en/story-0.html"]
+    assert en["language"] == "en" and en["source"] == "en" and en["date"].isoformat() == "2024-11-11"
+    latin = by_url[f"{base}/id/latin.html"]
+    assert "São Paulo" in latin["text"] and "délicieux" in latin["text"]
+
+    errs = errors(out)
+    by_stage = {}
+    for e in errs:
+        by_stage.setdefault(e["stage"], []).append(e)
+    f = world.failures
+    fetch_errs = {e["url"]: e for e in by_stage["fetch"]}
+    assert fetch_errs[base + f["404"]]["status"] == 404
+    assert fetch_errs[base + f["500"]]["status"] == 500
+    assert base + f["timeout"] in fetch_errs and f["unreachable"] in fetch_errs
+    assert "not HTML" in fetch_errs[base + f["pdf"]]["error"]
+    assert "larger than" in fetch_errs[base + f["oversize"]]["error"]
+    assert [e["url"] for e in by_stage["robots"]] == [base + f["robots"]]
+    feed_level = {e["source"]: e for e in by_stage["poll"] if e["url"] == e["feed_url"]}
+    assert set(feed_level) == {"bad", "missing", "down"}
+    assert "not a readable feed (server sent HTML)" in feed_level["bad"]["error"]
+    assert feed_level["missing"]["status"] == 404
+    item_level = [e for e in by_stage["poll"] if e["url"] != e["feed_url"]]
+    assert [(e["source"], e["error"]) for e in item_level] == [("broken", "entry has no link")]
+    # the malformed-but-readable feed was still used: its one good item is in the lake
+    assert f"{base}/id/artikel-1.html" in by_url
+    assert all(e["at"] is not None for e in errs)
+    assert not any(p.startswith("/private/") for p in server.paths_requested())
+    ua = {h.get("user-agent") for _, _, h in server.requests}
+    assert len(ua) == 1 and ua.pop().startswith("warta/")
+
+    # second run: every healthy feed answers 304, no page is fetched, no article row is added
+    server.requests.clear()
+    res2 = run_cli("--feeds", str(feeds), "--output", str(out), "--config", str(fast_config))
+    assert res2.returncode == 0, res2.stderr[-3000:]
+    assert page_requests(server) == []
+    assert len(articles(out)) == len(rows)
+    assert "unchanged=4 failed=3" in res2.stderr.strip().splitlines()[-1]
+    new_errs = [e for e in errors(out) if e["at"] > max(x["at"] for x in errs)]
+    assert {e["stage"] for e in new_errs} == {"poll"}  # only the feeds that are still broken
+
+    # the feed grows by two items: exactly two new rows
+    for i in (7, 8):
+        world.add_id_page(f"baru-{i}", f"Berita baru {i}", [f"Kalimat {j} berita baru {i}. " + p
+                                                              for j, p in enumerate(world.seed_paras[2:8])],
+                          T0 + timedelta(days=1, hours=i))
+    world.publish_id_feed()
+    server.requests.clear()
+    res3 = run_cli("--feeds", str(feeds), "--output", str(out), "--config", str(fast_config))
+    assert res3.returncode == 0, res3.stderr[-3000:]
+    after = articles(out)
+    assert len(after) == len(rows) + 2
+    # new pages, plus the transient failures (HTTP 500, timeout) retried now that their feed changed;
+    # no stored article and no permanent failure (404, PDF, oversize) is fetched again
+    assert set(page_requests(server)) == {"/id/baru-7.html", "/id/baru-8.html", f["500"], f["timeout"]}
+    assert {r["date"].isoformat() for r in after if "/baru-" in r["url"]} == {"2024-11-13"}
+
+
+def test_misconfiguration_exits_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "lake"
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("feeds: [\n  - name: x\n")
+    no_url = tmp_path / "nourl.yaml"
+    no_url.write_text("feeds:\n  - name: x\n")
+    no_name = tmp_path / "noname.yaml"
+    no_name.write_text("feeds:\n  - url: http://127.0.0.1/feed\n")
+    for feeds, expect in ((bad_yaml, "invalid YAML"), (no_url, "feeds.0.url"), (no_name, "feeds.0.name"),
+                          (tmp_path / "absent.yaml", "cannot read")):
+        res = run_cli("--feeds", str(feeds), "--output", str(out))
+        assert res.returncode == 2, res.stderr
+        msg = [l for l in res.stderr.splitlines() if l.startswith("warta:")]
+        assert len(msg) == 1 and expect in msg[0], res.stderr
+        assert not out.exists()
+    good = tmp_path / "good.yaml"
+    good.write_text("feeds:\n  - name: x\n    url: http://127.0.0.1:9/feed\n")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    res = run_cli("--feeds", str(good), "--output", str(blocker / "lake"))
+    assert res.returncode == 2 and "not writable" in res.stderr
+
+
+def test_help_documents_settings():
+    res = run_cli("--help")
+    assert res.returncode == 0
+    for word in ("--feeds", "--output", "--config", "--example", "--every", "host_delay", "max_items_per_feed",
+                 "near_threshold", "storage_options"):
+        assert word in res.stdout
+
+
+def test_bundled_example_runs_offline(tmp_path):
+    out = tmp_path / "example"
+    res = run_cli("--example", "--output", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = articles(out)
+    assert len(rows) == 8
+    assert {r["language"] for r in rows} >= {"id", "en"}
+    dups = [r for r in rows if r["duplicate_of"]]
+    assert len(dups) == 1 and dups[0]["source"] == "kabar-demo"
+    original = next(r for r in rows if r["article_id"] == dups[0]["duplicate_of"])
+    assert original["source"] == "jurnalpatroli-demo"
