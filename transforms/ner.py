@@ -7,9 +7,7 @@ is built once per worker process, from local files only, with downloads disabled
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,12 +48,9 @@ def build_pipeline(lang: str, paths: dict[str, str], threads: int | None = None)
 
     if threads:
         torch.set_num_threads(threads)
-    resources = Path(tempfile.gettempdir()) / "warta-stanza-resources"
-    resources.mkdir(exist_ok=True)
-    if not (resources / "resources.json").exists():
-        (resources / "resources.json").write_text(json.dumps({}))
     return stanza.Pipeline(
-        lang, dir=str(resources), processors="tokenize,ner", tokenize_pretokenized=True,
+        # dir holds a resources.json, so Stanza never looks for its hub
+        lang, dir=str(REPO_MODELS), processors="tokenize,ner", tokenize_pretokenized=True,
         download_method=None, allow_unknown_language=True, use_gpu=False, logging_level="WARN", **paths,
     )
 

@@ -1,0 +1,122 @@
+"""transforms.feeds: parsing, conditional GET, caps, hostile feeds; the PollFeeds transform."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from config.settings import Feed, HttpSettings
+from pipeline.example import atom_feed, rss_feed
+from pipeline.loopback import Route
+from transforms.feeds import PollFeeds, SeenKeys, poll_feed
+from transforms.http import HttpClient
+from transforms.state import key64
+from transforms.urls import normalize_url
+
+HTTP = HttpSettings(host_delay=0, total_timeout=3, read_timeout=2, retries=0)
+WHEN = datetime(2024, 11, 12, 3, 0, tzinfo=timezone.utc)
+
+
+def items(base, n, start=0):
+    return [{"title": f"t{i}", "link": f"{base}/a/{i}.html", "published": WHEN} for i in range(start, start + n)]
+
+
+def test_rss_and_atom_entries_with_utc_dates(server):
+    server.routes["/rss"] = Route(rss_feed(title="x", link=server.base, items=items(server.base, 2)), "application/rss+xml")
+    server.routes["/atom"] = Route(atom_feed(title="x", link=server.base, items=items(server.base, 2)), "application/atom+xml")
+    c = HttpClient(HTTP)
+    for path in ("/rss", "/atom"):
+        res = poll_feed(Feed(name="x", url=server.url(path)), c, None, set(), 100)
+        assert res.state["status"] == "ok" and not res.errors
+        assert [e["url"] for e in res.entries] == [f"{server.base}/a/0.html", f"{server.base}/a/1.html"]
+        assert all(e["feed_published_at"] == WHEN for e in res.entries)
+
+
+def test_plus0700_pubdate_converts_to_utc(server):
+    body = (f"<rss version='2.0'><channel><title>x</title><item><title>a</title><link>{server.base}/a</link>"
+            "<pubDate>Tue, 12 Nov 2024 10:00:00 +0700</pubDate></item></channel></rss>")
+    server.routes["/rss"] = Route(body, "application/rss+xml")
+    res = poll_feed(Feed(name="x", url=server.url("/rss")), HttpClient(HTTP), None, set(), 10)
+    assert res.entries[0]["feed_published_at"] == WHEN
+
+
+def test_conditional_get_makes_unchanged_feed_cost_one_request(server):
+    server.routes["/rss"] = Route(rss_feed(title="x", link=server.base, items=items(server.base, 3)), "application/rss+xml")
+    c = HttpClient(HTTP)
+    first = poll_feed(Feed(name="x", url=server.url("/rss")), c, None, set(), 100)
+    assert first.state["etag"]
+    server.requests.clear()
+    again = poll_feed(Feed(name="x", url=server.url("/rss")), c, first.state, set(), 100)
+    assert again.state["status"] == "unchanged" and again.entries == []
+    assert server.paths_requested() == ["/rss"]
+    assert server.requests[0][2]["if-none-match"] == first.state["etag"]
+
+
+def test_seen_urls_are_skipped_and_cap_leaves_the_rest_for_later(server):
+    server.routes["/rss"] = Route(rss_feed(title="x", link=server.base, items=items(server.base, 10)), "application/rss+xml")
+    c = HttpClient(HTTP)
+    seen: set[int] = set()
+    polls = []
+    for _ in range(4):
+        res = poll_feed(Feed(name="x", url=server.url("/rss")), c, None, seen, 4)
+        polls.append(res)
+        seen |= {key64(normalize_url(e["url"])) for e in res.entries}
+    assert [len(p.entries) for p in polls] == [4, 4, 2, 0]
+    assert polls[0].state["status"] == "capped" and polls[0].state["etag"] is None  # next poll refetches
+    assert len(seen) == 10
+
+
+def test_unreadable_feeds_become_errors(server):
+    server.routes["/html"] = Route("<html><body><p>home page</p></body></html>", "text/html")
+    server.routes["/gone"] = Route("gone", status=410)
+    server.routes["/garbage"] = Route(bytes(range(256)) * 50, "application/octet-stream")
+    c = HttpClient(HTTP)
+    for path, expect in (("/html", "not a readable feed"), ("/gone", "HTTP 410"), ("/garbage", "not a readable feed")):
+        res = poll_feed(Feed(name="x", url=server.url(path)), c, None, set(), 10)
+        assert res.state["status"] == "failed" and res.entries == []
+        assert len(res.errors) == 1 and expect in res.errors[0]["error"] and res.errors[0]["stage"] == "poll"
+
+
+def test_billion_laughs_is_bounded(server):
+    lol = ("<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'>"
+           + "".join(f"<!ENTITY lol{i} '{('&lol' + (str(i - 1) if i > 1 else '') + ';') * 10}'>" for i in range(1, 10))
+           + "]><rss version='2.0'><channel><title>&lol9;</title>"
+           + f"<item><title>a</title><link>{server.base}/a</link></item></channel></rss>")
+    server.routes["/lol"] = Route(lol, "application/rss+xml")
+    t0 = time.monotonic()
+    res = poll_feed(Feed(name="x", url=server.url("/lol")), HttpClient(HTTP), None, set(), 10)
+    assert time.monotonic() - t0 < 5
+    assert res.errors or len(res.entries) <= 1  # parsed without expansion, or refused: never a hang or crash
+
+
+def test_links_with_other_schemes_are_recorded_not_followed(server):
+    bad = ["file:///etc/passwd", "javascript:alert(1)", "ftp://x/y", "data:text/html,hi"]
+    its = [{"title": "b", "link": u, "published": WHEN} for u in bad] + items(server.base, 1)
+    server.routes["/rss"] = Route(rss_feed(title="x", link=server.base, items=its), "application/rss+xml")
+    res = poll_feed(Feed(name="x", url=server.url("/rss")), HttpClient(HTTP), None, set(), 10)
+    assert [e["url"] for e in res.entries] == [f"{server.base}/a/0.html"]
+    assert len(res.errors) == len(bad) and all("unsupported URL scheme" in e["error"] for e in res.errors)
+
+
+def test_huge_feed_is_capped(server):
+    server.routes["/rss"] = Route(rss_feed(title="x", link=server.base, items=items(server.base, 3000)),
+                                  "application/rss+xml")
+    res = poll_feed(Feed(name="x", url=server.url("/rss")), HttpClient(HTTP), None, set(), 500)
+    assert len(res.entries) == 500 and res.state["status"] == "capped"
+
+
+def test_poll_feeds_transform(server):
+    server.routes["/rss"] = Route(rss_feed(title="x", link=server.base, items=items(server.base, 2)), "application/rss+xml")
+    feeds = [Feed(name="ok", url=server.url("/rss")), Feed(name="missing", url=server.url("/none"))]
+    seen_url = f"{server.base}/a/0.html"
+    with TestPipeline() as p:
+        out = p | beam.Create(feeds) | PollFeeds(HTTP, {}, 10, lambda: SeenKeys({key64(seen_url)}))
+        assert_that(out.entries | "Urls" >> beam.Map(lambda e: e["url"]), equal_to([f"{server.base}/a/1.html"]))
+        assert_that(out.errors | "ErrSrc" >> beam.Map(lambda e: (e["source"], e["status"])),
+                    equal_to([("missing", 404)]), label="errors")
+        assert_that(out.feed_state | "St" >> beam.Map(lambda s: (s["source"], s["status"])),
+                    equal_to([("ok", "ok"), ("missing", "failed")]), label="state")
