@@ -46,6 +46,16 @@ BOILERPLATE_LINE = re.compile(
     re.IGNORECASE | re.VERBOSE,
 )
 
+# Headings after which a page only lists other stories: the body is cut there (when they come after
+# the first third of the text, so a short article that mentions such words early is left alone).
+TAIL_MARKER = re.compile(
+    r"""^(?:artikel\s+ini\s+(?:telah\s+)?(?:tayang|terbit|dimuat)\b.*
+      | (?:berita|artikel)\s+(?:terkini|terpopuler|terbaru|populer|lainnya|terkait|pilihan|rekomendasi)\s*:?
+      | (?:terpopuler|terkini|rekomendasi\s+untuk\s+anda|pilihan\s+untuk\s+anda|related\s+(?:articles|stories))
+    )$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
 # Inline markers that may sit inside a paragraph.
 INLINE_MARKERS = re.compile(r"\s*(?:ADVERTISEMENT|SCROLL TO CONTINUE WITH CONTENT)\s*")
 
@@ -69,14 +79,13 @@ class PageMeta:
 
 def clean_text(text: str) -> str:
     """Drop boilerplate lines and markers, normalise whitespace; paragraphs joined by newlines."""
-    lines = []
-    for raw in text.splitlines():
-        line = INLINE_MARKERS.sub(" ", raw)
-        line = " ".join(line.split())
-        if not line or BOILERPLATE_LINE.match(line):
-            continue
-        lines.append(line)
-    return "\n".join(lines)
+    raw_lines = [" ".join(INLINE_MARKERS.sub(" ", raw).split()) for raw in text.splitlines()]
+    raw_lines = [line for line in raw_lines if line]
+    for i, line in enumerate(raw_lines):
+        if i >= len(raw_lines) / 3 and TAIL_MARKER.match(line):
+            raw_lines = raw_lines[:i]
+            break
+    return "\n".join(line for line in raw_lines if not BOILERPLATE_LINE.match(line))
 
 
 def content_hash(text: str) -> str:
@@ -138,6 +147,14 @@ def _names(value: Any) -> list[str]:
     return []
 
 
+def _first_h1(tree) -> str | None:
+    for h in tree.xpath("//h1")[:1]:
+        text = " ".join(h.text_content().split())
+        if text:
+            return text
+    return None
+
+
 def read_meta(tree, base_url: str) -> PageMeta:
     """Canonical URL, published time, title, authors, image and language from the page head."""
     def meta(*names: str) -> str | None:
@@ -171,7 +188,7 @@ def read_meta(tree, base_url: str) -> PageMeta:
     return PageMeta(
         canonical_url=canonical,
         published_at=published,
-        title=meta("og:title", "twitter:title") or (tree.findtext(".//title") or "").strip() or None,
+        title=meta("og:title", "twitter:title") or _first_h1(tree) or (tree.findtext(".//title") or "").strip() or None,
         authors=[" ".join(a.split()) for a in dict.fromkeys(authors) if a.strip()],
         image=meta("og:image", "twitter:image"),
         language=(lang[0].split("-")[0].lower() if lang and lang[0].strip() else None),
