@@ -26,6 +26,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
+from transforms import faults
 from transforms.state import FEEDS_FILE, INDEX_DIR, compact_index
 from transforms.store import Store
 from transforms.write import staging_dir
@@ -134,6 +135,7 @@ def commit(store: Store, run_id: str, summary: dict[str, Any], window_days: int)
     files = [f for f in staged_files(store, run_id) if f != "COMMIT"]
     manifest = {"run_id": run_id, "files": sorted(files), "summary": summary,
                 "committed_at": datetime.now(timezone.utc).isoformat()}
+    faults.point("staged")
     store.write_json(f"{staging_dir(run_id)}/COMMIT", manifest)  # the commit point
     publish(store, run_id, manifest, window_days)
     return manifest
@@ -145,6 +147,8 @@ def publish(store: Store, run_id: str, manifest: dict[str, Any], window_days: in
     for rel in manifest["files"]:
         if rel.startswith(("articles/", "errors/")) and store.exists(f"{stage}/{rel}"):
             store.copy(f"{stage}/{rel}", rel)
+            faults.point("publish")
+    faults.point("state")
     if store.exists(f"{stage}/index.parquet"):
         store.copy(f"{stage}/index.parquet", f"{INDEX_DIR}/part-{run_id}.parquet")
     if store.exists(f"{stage}/feeds.json"):
@@ -168,6 +172,7 @@ def merge_feed_state(store: Store, states: list[dict[str, Any]], run_id: str) ->
 def recover(store: Store, window_days: int) -> list[str]:
     """Finish runs that passed their commit point; drop staging of runs that did not. Returns replayed ids."""
     replayed = []
+    store.remove_temp_files()
     runs = sorted({p.split("/")[2] for p in store.list(PENDING)})
     for run_id in runs:
         marker = store.read_json(f"{staging_dir(run_id)}/COMMIT")

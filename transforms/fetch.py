@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import apache_beam as beam
 
 from config.settings import HttpSettings
+from transforms import faults
 from transforms.http import HTML_TYPES, FetchError, HttpClient, decode_html
 from transforms.records import error_from, error_row, utcnow
 from transforms.urls import host_of
@@ -35,6 +36,7 @@ def fetch_host(entries: Iterable[dict[str, Any]], client: HttpClient) -> list[tu
     """Fetch one host's entries in order; ``("page", row)`` or ``("error", row)`` for each."""
     out = []
     for entry in sorted(entries, key=lambda e: e["url"]):
+        faults.point("fetch")
         try:
             out.append(("page", fetch_page(entry, client)))
         except FetchError as e:

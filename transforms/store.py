@@ -120,6 +120,19 @@ class Store:
         except FileNotFoundError:
             pass
 
+    def remove_temp_files(self) -> int:
+        """Delete temporary files a killed writer left behind (local filesystems only)."""
+        if not self.is_local:
+            return 0
+        try:
+            found = self.fs.find(self.root)
+        except FileNotFoundError:
+            return 0
+        stale = [p for p in found if posixpath.basename(p).startswith(".") and p.endswith(".tmp")]
+        for p in stale:
+            self.fs.rm(p)
+        return len(stale)
+
     def check_writable(self) -> None:
         """Raise OSError (or the backend's error) when the root cannot be written."""
         probe = f"_state/.probe-{uuid.uuid4().hex}"
