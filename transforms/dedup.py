@@ -54,7 +54,10 @@ class NearDuplicateIndex:
         self.settings = settings
         self.exact = dict(snapshot.exact)
         self.roots = dict(snapshot.roots)
-        self.lsh = MinHashLSH(threshold=settings.near_threshold, num_perm=settings.num_perm)
+        # LSH finds candidates a little below the threshold (high recall); each is then verified
+        # against the real threshold with the estimated Jaccard similarity.
+        lsh_threshold = min(0.9, max(0.3, settings.near_threshold - 0.1))
+        self.lsh = MinHashLSH(threshold=lsh_threshold, num_perm=settings.num_perm)
         self.sigs: dict[str, np.ndarray] = {}
         self.order: dict[str, int] = {}
         for aid, sig, _ in snapshot.signatures:

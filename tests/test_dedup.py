@@ -1,0 +1,109 @@
+"""transforms.dedup: exact and near-duplicates, within a run and across runs (through the state index)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from config.settings import DedupSettings
+from conftest import seed_article
+from transforms.dedup import Deduplicate, NearDuplicateIndex, decide_all, signature
+from transforms.extract import content_hash
+from transforms.state import IndexSnapshot, index_table, load_index
+from transforms.store import Store
+from transforms.urls import article_id
+
+S = DedupSettings()
+T = datetime(2024, 11, 12, tzinfo=timezone.utc)
+
+
+def art(url: str, text: str, hours: int = 0, canonical: str | None = None) -> dict:
+    return {"article_id": article_id(url), "url": url, "entry_url": url, "canonical_url": canonical,
+            "text": text, "content_hash": content_hash(text), "published_at": T + timedelta(hours=hours),
+            "fetched_at": T + timedelta(days=1), "duplicate_of": None}
+
+
+def body() -> str:
+    return "\n".join(seed_article()[1])
+
+
+def decide(arts, snapshot=None, settings=S):
+    index = NearDuplicateIndex(snapshot or IndexSnapshot(), settings)
+    return [(k, o, a["url"]) for k, o, a, _ in decide_all([{**a, "_minhash": signature(a["text"], settings)}
+                                                           for a in arts], index)]
+
+
+def test_syndicated_copy_with_new_lead_and_footer_is_flagged_original_is_not():
+    original = art("https://patroli.example/a", body(), hours=0)
+    copy = art("https://kabar.example/b", "Pyongyang kini resmi menjadi sekutu Moskow.\n" + body()
+               + "\nArtikel ini telah tayang di JurnalPatroliNews.", hours=5)
+    other = art("https://kabar.example/c", " ".join(f"kata{i} lain{i % 7} berita{i % 13}" for i in range(300)), hours=1)
+    got = decide([copy, other, original])  # input order does not matter: earliest first
+    assert got == [("new", None, original["url"]), ("new", None, other["url"]),
+                   ("near", original["article_id"], copy["url"])]
+
+
+def test_exact_duplicates_by_canonical_url_and_by_text_hash():
+    a = art("https://x.example/a", body(), hours=0, canonical="https://x.example/canon")
+    same_canonical = art("https://x.example/amp/a", body() + "\nBeda sedikit.", hours=1, canonical="https://x.example/canon")
+    same_text = art("https://y.example/z", body(), hours=2)
+    got = decide([a, same_canonical, same_text])
+    assert got[0] == ("new", None, a["url"])
+    assert got[1] == ("exact", a["article_id"], same_canonical["url"])
+    assert got[2] == ("exact", a["article_id"], same_text["url"])
+
+
+def test_threshold_edges():
+    words = [f"w{i}" for i in range(400)]
+    base = " ".join(words)
+    # Jaccard of 5-gram shingles falls as the edit grows: ~0.9 near-identical, ~0.5 clearly different
+    near = " ".join(words[:380] + [f"x{i}" for i in range(4)])
+    far = " ".join(words[:200] + [f"y{i}" for i in range(200)])
+    got = decide([art("https://a/1", base, 0), art("https://a/2", near, 1), art("https://a/3", far, 2)])
+    assert [k for k, _, _ in got] == ["new", "near", "new"]
+    strict = DedupSettings(near_threshold=0.99)
+    got = decide([art("https://a/1", base, 0), art("https://a/2", near, 1)], settings=strict)
+    assert [k for k, _, _ in got] == ["new", "new"]
+
+
+def test_chains_point_at_the_first_original():
+    text = body()
+    a = art("https://a/1", text, 0)
+    b = art("https://b/1", "Lead baru.\n" + text, 1)
+    c = art("https://c/1", "Lead lain lagi.\n" + text + "\nPenutup.", 2)
+    got = decide([a, b, c])
+    assert got[1][:2] == ("near", a["article_id"]) and got[2][:2] == ("near", a["article_id"])
+
+
+def test_across_runs_through_the_state_index(tmp_path):
+    store = Store(str(tmp_path))
+    first = art("https://patroli.example/a", body())
+    rows = [{"article_id": first["article_id"], "url_key": 1, "exact_keys": [2, 3], "duplicate_of": None,
+             "kind": "article", "seen_at": datetime.now(timezone.utc), "minhash": signature(first["text"], S).tobytes()}]
+    store.write_table("_state/index/part-r1.parquet", index_table(rows))
+    snap = load_index(store, window_days=7)
+    copy = art("https://kabar.example/b", "Kalimat pembuka baru.\n" + body(), hours=30)
+    assert decide([copy], snap) == [("near", first["article_id"], copy["url"])]
+    # outside the window the signature has expired: no longer matched
+    old = load_index(store, window_days=7, now=datetime.now(timezone.utc) + timedelta(days=8))
+    assert decide([copy], old)[0][0] == "new"
+
+
+def test_deduplicate_transform_emits_articles_and_index_rows():
+    a, b = art("https://a/1", body(), 0), art("https://b/1", "Lead.\n" + body(), 1)
+    exact = art("https://c/1", body(), 2)
+    with TestPipeline() as p:
+        out = p | beam.Create([a, b, exact]) | Deduplicate(S, IndexSnapshot)
+        assert_that(out.articles | beam.Map(lambda r: (r["url"], r["duplicate_of"])),
+                    equal_to([("https://a/1", None), ("https://b/1", a["article_id"])]))
+        assert_that(out.index | "K" >> beam.Map(lambda r: (r["kind"], r["minhash"] is None)),
+                    equal_to([("article", False), ("article", False), ("duplicate", True)]), label="index")
+
+
+def test_signature_is_stable_and_compact():
+    s1, s2 = signature(body(), S), signature(body(), S)
+    assert s1.dtype == np.uint32 and len(s1) == S.num_perm and (s1 == s2).all()
