@@ -62,6 +62,7 @@ class NerSettings(Strict):
     model_dir: str | None = None  # directory holding <lang>/ner.pt and <lang>/ner_pretrain.pt (other languages)
     languages: dict[str, dict[str, str]] = {}  # explicit per-language paths: {en: {ner_model_path:..., ...}}
     batch_size: int = 32  # documents per NER batch
+    parallelism: int = 8  # shuffle groups the articles are spread over for tagging
     threads: int | None = None  # torch threads per worker; None = torch default
 
 

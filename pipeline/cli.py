@@ -11,23 +11,18 @@ from contextlib import ExitStack
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from config.settings import ConfigError, Settings, load_feeds, load_settings
 from pipeline.build import Plan, build
-from pipeline.commit import LockedError, RunLock, commit, new_run_id, recover
+from pipeline.commit import LockedError, RunLock, commit, new_run_id, recover, staged_files, summarize_staged
 from pipeline.options import split_args
 from transforms.state import FEEDS_FILE
 from transforms.store import Store
+from transforms.write import staging_dir
 
 log = logging.getLogger("warta")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
-COUNTERS = ("feeds_polled", "feeds_unchanged", "feeds_failed", "entries_new", "pages_fetched", "pages_failed",
-            "pages_extracted", "extract_failed", "duplicates_exact", "duplicates_near", "entities",
-            "ner_no_model", "articles_rows_staged", "errors_rows_staged")
-
-
 def beam_options(beam_args: list[str], runner: str | None, dask_address: str | None) -> PipelineOptions:
     args = list(beam_args)
     name = (runner or "direct").lower()
@@ -42,25 +37,14 @@ def beam_options(beam_args: list[str], runner: str | None, dask_address: str | N
     return PipelineOptions(args, save_main_session=False)
 
 
-def counters(result) -> dict[str, int]:
-    out = dict.fromkeys(COUNTERS, 0)
-    try:
-        for c in result.metrics().query(MetricsFilter().with_namespace("warta"))["counters"]:
-            value = c.committed if c.committed is not None else c.attempted
-            out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
-    except Exception:  # some runners do not report metrics; the manifest still lists the files
-        log.debug("runner reported no metrics", exc_info=True)
-    return out
-
-
-def summary_line(c: dict[str, Any], seconds: float, missing_models: list[str]) -> str:
+def summary_line(c: dict[str, Any], seconds: float) -> str:
     line = (f"warta run {c.get('run_id', '')}: feeds polled={c['feeds_polled']} unchanged={c['feeds_unchanged']} "
             f"failed={c['feeds_failed']} | entries new={c['entries_new']} | pages fetched={c['pages_fetched']} "
             f"extracted={c['pages_extracted']} | duplicates exact={c['duplicates_exact']} near={c['duplicates_near']} "
-            f"| entities={c['entities']} | rows written={c['articles_rows_staged']} "
-            f"| errors={c['errors_rows_staged']} | {seconds:.1f}s")
-    if c.get("ner_no_model"):
-        line += f" | {c['ner_no_model']} articles without NER model ({', '.join(missing_models) or 'unknown language'})"
+            f"| entities={c['entities']} | rows written={c['articles_written']} "
+            f"| errors={c['errors_written']} | {seconds:.1f}s")
+    if c.get("no_model"):
+        line += f" | no NER model for: {', '.join(c['no_model'])}"
     return line
 
 
@@ -78,12 +62,23 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
         build(p, plan)
         result = p.run()
         result.wait_until_finish()
-        stats = {"run_id": run_id, **counters(result)}
+        if hasattr(result, "client"):  # DaskRunner opens its own client: close it before the cluster goes
+            result.client.close()
+        stats = {"run_id": run_id, **summarize_staged(store, run_id)}
+        stats["no_model"] = languages_without_model(store, run_id, plan.ner_paths()) if settings.ner.enabled else []
+        stats["seconds"] = round(time.monotonic() - t0, 2)
         commit(store, run_id, stats, settings.dedup.window_days)
-    missing = sorted(lang for lang, paths in plan.ner_paths().items() if paths is None)
-    stats["seconds"] = round(time.monotonic() - t0, 2)
-    log.info(summary_line(stats, stats["seconds"], missing))
+    log.info(summary_line(stats, stats["seconds"]))
     return stats
+
+
+def languages_without_model(store: Store, run_id: str, paths: dict) -> list[str]:
+    """Languages of this run's articles that no NER model covers (their entities stay empty)."""
+    langs: set[str] = set()
+    for rel in staged_files(store, run_id):
+        if rel.startswith("articles/") and rel.endswith(".parquet"):
+            langs |= set(store.read_table(f"{staging_dir(run_id)}/{rel}").column("language").to_pylist())
+    return sorted(str(lang) for lang in langs if not paths.get(lang))
 
 
 def run(argv: list[str] | None = None) -> int:

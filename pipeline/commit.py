@@ -130,6 +130,35 @@ def staged_files(store: Store, run_id: str) -> list[str]:
     return [p[len(base):] for p in store.list(staging_dir(run_id)) if p.startswith(base)]
 
 
+def summarize_staged(store: Store, run_id: str) -> dict[str, int]:
+    """Run counts read back from the staged files: the same on every runner, metrics or not."""
+    stage = staging_dir(run_id)
+    c = dict.fromkeys(("feeds_polled", "feeds_unchanged", "feeds_failed", "entries_new", "pages_fetched",
+                       "pages_extracted", "duplicates_exact", "duplicates_near", "entities", "articles_written",
+                       "errors_written"), 0)
+    feeds = json.loads(store.read_bytes(f"{stage}/feeds.json")) if store.exists(f"{stage}/feeds.json") else []
+    c["feeds_polled"] = len(feeds)
+    c["feeds_unchanged"] = sum(f["status"] == "unchanged" for f in feeds)
+    c["feeds_failed"] = sum(f["status"] == "failed" for f in feeds)
+    c["entries_new"] = sum(f.get("entries_new", 0) for f in feeds)
+    for rel in staged_files(store, run_id):
+        if rel.startswith("articles/") and rel.endswith(".parquet"):
+            t = store.read_table(f"{stage}/{rel}").select(["entities", "duplicate_of"])
+            c["articles_written"] += t.num_rows
+            c["entities"] += sum(len(e or ()) for e in t.column("entities").to_pylist())
+            c["duplicates_near"] += t.num_rows - t.column("duplicate_of").null_count
+        elif rel.startswith("errors/") and rel.endswith(".parquet"):
+            stages = store.read_table(f"{stage}/{rel}").column("stage").to_pylist()
+            c["errors_written"] += len(stages)
+            c["pages_fetched"] += stages.count("extract") + stages.count("ner")
+    if store.exists(f"{stage}/index.parquet"):
+        kinds = store.read_table(f"{stage}/index.parquet").column("kind").to_pylist()
+        c["duplicates_exact"] = kinds.count("duplicate")
+        c["pages_extracted"] = kinds.count("article") + kinds.count("duplicate")
+    c["pages_fetched"] += c["pages_extracted"]
+    return c
+
+
 def commit(store: Store, run_id: str, summary: dict[str, Any], window_days: int) -> dict[str, Any]:
     """Make a finished run's staged output visible, then advance the state. Returns the manifest."""
     files = [f for f in staged_files(store, run_id) if f != "COMMIT"]

@@ -17,6 +17,7 @@ import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 from config.settings import DedupSettings
+from transforms.outputs import split
 from transforms.state import IndexSnapshot, key64
 from transforms.urls import normalize_url
 
@@ -130,14 +131,14 @@ class _DeduplicateFn(beam.DoFn):
                 "duplicate_of": original, "kind": "duplicate" if kind == "exact" else "article",
                 "seen_at": art["fetched_at"], "minhash": sig.tobytes() if kind != "exact" else None,
             }
-            yield beam.pvalue.TaggedOutput(INDEX, row)
+            yield INDEX, row
             if kind == "exact":
                 self.exact.inc()
                 continue
             if kind == "near":
                 self.near.inc()
                 art["duplicate_of"] = original
-            yield art
+            yield "articles", art
 
 
 @dataclass(eq=False)
@@ -152,10 +153,11 @@ class Deduplicate(beam.PTransform):
 
     def expand(self, articles):
         settings = self.settings
-        return (
+        tagged = (
             articles
             | "Sign" >> beam.Map(lambda a: {**a, "_minhash": signature(a["text"], settings)})
             | "ToOneKey" >> beam.Map(lambda a: (None, a))
             | "Gather" >> beam.GroupByKey()
-            | "Decide" >> beam.ParDo(_DeduplicateFn(settings, self.snapshot_loader)).with_outputs(INDEX, main="articles")
+            | "Decide" >> beam.ParDo(_DeduplicateFn(settings, self.snapshot_loader))
         )
+        return split(tagged, ["articles", INDEX])

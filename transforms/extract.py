@@ -22,6 +22,7 @@ import py3langid
 import trafilatura
 from dateutil import parser as dateparser
 
+from transforms.outputs import split
 from transforms.records import error_from
 from transforms.urls import article_id, normalize_url
 
@@ -294,13 +295,13 @@ class _ExtractFn(beam.DoFn):
             row = extract_article(page, min_chars=self.min_chars, options=self.options)
         except Exception as e:  # hostile HTML must not escape: dead-letter it
             self.failed.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, error_from(e, "extract", page))
+            yield ERRORS, error_from(e, "extract", page)
             return
         self.ok.inc()
         self.count += 1
         if self.count % 1000 == 0:  # trafilatura keeps LRU caches; keep memory flat on long runs
             trafilatura.reset_caches()
-        yield row
+        yield "articles", row
 
 
 @dataclass(eq=False)
@@ -314,4 +315,5 @@ class ExtractArticles(beam.PTransform):
         super().__init__()
 
     def expand(self, pages):
-        return pages | "Extract" >> beam.ParDo(_ExtractFn(self.min_chars, self.options)).with_outputs(ERRORS, main="articles")
+        tagged = pages | "Extract" >> beam.ParDo(_ExtractFn(self.min_chars, self.options))
+        return split(tagged, ["articles", ERRORS])

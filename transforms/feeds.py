@@ -13,6 +13,7 @@ from apache_beam.utils.shared import Shared
 
 from config.settings import Feed, HttpSettings
 from transforms.http import FetchError, HttpClient
+from transforms.outputs import split
 from transforms.records import error_row
 from transforms.state import key64
 from transforms.urls import normalize_url
@@ -150,10 +151,11 @@ class _PollFeedsFn(beam.DoFn):
         self.unchanged.inc(res.state["status"] == "unchanged")
         self.failed.inc(res.state["status"] == "failed")
         self.new.inc(len(res.entries))
-        yield from res.entries
+        for entry in res.entries:
+            yield "entries", entry
         for err in res.errors:
-            yield beam.pvalue.TaggedOutput(ERRORS, err)
-        yield beam.pvalue.TaggedOutput(FEED_STATE, res.state)
+            yield ERRORS, err
+        yield FEED_STATE, res.state
 
 
 class SeenKeys:
@@ -177,6 +179,6 @@ class PollFeeds(beam.PTransform):
         super().__init__()
 
     def expand(self, feeds):
-        return feeds | "Poll" >> beam.ParDo(
-            _PollFeedsFn(self.http, self.validators, self.max_items, self.seen_loader, self.shared)
-        ).with_outputs(ERRORS, FEED_STATE, main="entries")
+        tagged = feeds | "Poll" >> beam.ParDo(
+            _PollFeedsFn(self.http, self.validators, self.max_items, self.seen_loader, self.shared))
+        return split(tagged, ["entries", ERRORS, FEED_STATE])

@@ -14,6 +14,7 @@ import apache_beam as beam
 
 from config.settings import HttpSettings
 from transforms import faults
+from transforms.outputs import batches, split
 from transforms.http import HTML_TYPES, FetchError, HttpClient, decode_html
 from transforms.records import error_from, error_row, utcnow
 from transforms.urls import host_of
@@ -67,10 +68,10 @@ class _FetchHostsFn(beam.DoFn):
             for kind, row in fut.result():
                 if kind == "page":
                     self.fetched.inc()
-                    yield row
+                    yield "pages", row
                 else:
                     self.failed.inc()
-                    yield beam.pvalue.TaggedOutput(ERRORS, row)
+                    yield ERRORS, row
 
 
 @dataclass(eq=False)
@@ -78,16 +79,22 @@ class FetchPages(beam.PTransform):
     """Entries in; fetched pages out (main) and ``errors``."""
 
     http: HttpSettings
+    expected_hosts: int = 1  # about how many hosts (feeds) there are: sizes the parallel groups
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, entries):
         n = max(1, self.http.fetch_threads)
-        return (
+        by_host = (
             entries
             | "KeyByHost" >> beam.Map(lambda e: (host_of(e["url"]), e))
             | "GroupByHost" >> beam.GroupByKey()
-            | "BatchHosts" >> beam.BatchElements(min_batch_size=n, max_batch_size=n)
-            | "Fetch" >> beam.ParDo(_FetchHostsFn(self.http)).with_outputs(ERRORS, main="pages")
         )
+        # hosts are spread over enough groups that each group keeps a thread pool busy
+        groups = max(1, -(-self.expected_hosts // n))
+        tagged = (
+            batches(by_host, lambda hg: hg[0], groups, n, label="BatchHosts")
+            | "Fetch" >> beam.ParDo(_FetchHostsFn(self.http))
+        )
+        return split(tagged, ["pages", ERRORS])

@@ -17,6 +17,7 @@ import apache_beam as beam
 from apache_beam.utils.shared import Shared
 
 from config.settings import NerSettings
+from transforms.outputs import batches, split
 from transforms.records import error_from
 from transforms.segment import sentences
 
@@ -125,14 +126,14 @@ class _TagFn(beam.DoFn):
                 log.exception("NER failed for a batch of %d %s articles", len(arts), lang)
                 self.failed.inc(len(arts))
                 for a in arts:
-                    yield beam.pvalue.TaggedOutput(ERRORS, error_from(e, "ner", a))
+                    yield ERRORS, error_from(e, "ner", a)
                 found = None
             if found is None:
                 self.no_model.inc(len(arts))
                 found = [[] for _ in arts]
             for art, ents in zip(arts, found):
                 self.entities.inc(len(ents))
-                yield {**art, "entities": ents}
+                yield "articles", {**art, "entities": ents}
 
 
 @dataclass(eq=False)
@@ -147,9 +148,8 @@ class TagEntities(beam.PTransform):
         super().__init__()
 
     def expand(self, articles):
-        n = self.settings.batch_size
-        return (
-            articles
-            | "Batch" >> beam.BatchElements(min_batch_size=n, max_batch_size=n)
-            | "Tag" >> beam.ParDo(_TagFn(self.settings, self.paths, self.shared)).with_outputs(ERRORS, main="articles")
+        tagged = (
+            batches(articles, lambda a: a["article_id"], self.settings.parallelism, self.settings.batch_size)
+            | "Tag" >> beam.ParDo(_TagFn(self.settings, self.paths, self.shared))
         )
+        return split(tagged, ["articles", ERRORS])
