@@ -8,11 +8,13 @@ from datetime import datetime, timezone
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from config.settings import Feed, HttpSettings
 from pipeline.example import atom_feed, rss_feed
 from pipeline.loopback import Route
-from transforms.feeds import PollFeeds, SeenKeys, poll_feed
+from transforms.feeds import PollFeeds, SeenKeys, feed_entries, parse_feed, poll_feed
 from transforms.http import HttpClient
 from transforms.state import key64
 from transforms.urls import normalize_url
@@ -120,3 +122,27 @@ def test_poll_feeds_transform(server):
                     equal_to([("missing", 404)]), label="errors")
         assert_that(out.feed_state | "St" >> beam.Map(lambda s: (s["source"], s["status"])),
                     equal_to([("ok", "ok"), ("missing", "failed")]), label="state")
+
+
+FEED_PIECES = ["<?xml version='1.0'?>", "<rss version='2.0'>", "<channel>", "<item>", "</item>", "<title>",
+               "</title>", "<link>http://127.0.0.1/a</link>", "<link>javascript:x</link>", "<pubDate>",
+               "Tue, 12 Nov 2024 10:00:00 +0700", "</pubDate>", "<!DOCTYPE x [<!ENTITY a 'b'>]>", "&a;", "&amp;",
+               "<feed xmlns='http://www.w3.org/2005/Atom'>", "<entry>", "<link href='http://x/y'/>", "\x00", "é",
+               "<![CDATA[", "]]>", "</channel></rss>"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.binary(max_size=2000),
+                 st.lists(st.sampled_from(FEED_PIECES), max_size=60).map(lambda xs: "".join(xs).encode("utf-8"))))
+def test_fuzz_feed_parsing_raises_only_the_documented_error(body):
+    """Any bytes: a parsed feed with well-formed entries, or ValueError (which poll_feed records)."""
+    feed = Feed(name="fuzz", url="http://127.0.0.1/feed")
+    try:
+        parsed = parse_feed(body, feed.url)
+    except ValueError:
+        return
+    for item in feed_entries(parsed, feed):
+        if "error" in item:
+            continue
+        assert item["url"].lower().startswith(("http://", "https://"))
+        assert item["feed_published_at"] is None or item["feed_published_at"].tzinfo is not None
