@@ -1,0 +1,92 @@
+"""Score the shipped Indonesian NER model: entity-level exact-span micro F1 (PER/LOC/ORG) and speed.
+
+    python models/evaluate_id_ner.py [--split ../shared/data/ner/nergrit/valid.txt] [--json bench/results/ner.json]
+
+Spans are compared exactly (start, end, label) after mapping NERGrit labels to PER/LOC/ORG. Speed is
+sentences/s of batched tagging (the pipeline's pre-tokenised Stanza call) with the torch threads given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.build_id_ner import map_tag, read_bio  # noqa: E402
+
+
+def spans(tags: list[str]) -> set[tuple[int, int, str]]:
+    """BIO/BIOES tags -> {(start, end_exclusive, label)}."""
+    out, start, label = set(), None, None
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, lab = tag.partition("-")
+        if start is not None and (prefix in ("O", "B", "S") or lab != label):
+            out.add((start, i, label))
+            start = label = None
+        if prefix in ("B", "S") or (prefix in ("I", "E") and start is None):
+            start, label = i, lab
+        if prefix in ("E", "S") and start is not None:
+            out.add((start, i + 1, label))
+            start = label = None
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--split", type=Path, default=ROOT.parent / "shared/data/ner/nergrit/valid.txt")
+    ap.add_argument("--model", type=Path, default=ROOT / "models/stanza/id/ner.pt")
+    ap.add_argument("--pretrain", type=Path, default=ROOT / "models/stanza/id/ner_pretrain.pt")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=256, help="sentences per Stanza call")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench/results/ner.json")
+    args = ap.parse_args(argv)
+
+    import stanza
+    import torch
+    torch.set_num_threads(args.threads)
+    pipe = stanza.Pipeline("id", dir=str(ROOT / "models/stanza"), processors="tokenize,ner",
+                           tokenize_pretokenized=True, ner_model_path=str(args.model),
+                           ner_pretrain_path=str(args.pretrain), download_method=None, use_gpu=False,
+                           logging_level="WARN", ner_batch_size=args.batch)
+    sents = read_bio(args.split)
+    tokens = [[t for t, _ in s] for s in sents]
+    pipe(tokens[:16])  # warm-up
+    t0 = time.perf_counter()
+    docs = [pipe(tokens[i:i + args.batch]) for i in range(0, len(tokens), args.batch)]
+    wall = time.perf_counter() - t0
+    pred_tags = [[tok.ner for tok in s.tokens] for d in docs for s in d.sentences]
+    counts: Counter = Counter()
+    per_label: dict[str, Counter] = {}
+    for gold_s, pred in zip(sents, pred_tags):
+        gold = spans([map_tag(g) for _, g in gold_s])
+        guess = spans(pred)
+        for span in guess | gold:
+            kind = "tp" if span in gold and span in guess else ("fp" if span in guess else "fn")
+            counts[kind] += 1
+            per_label.setdefault(span[2], Counter())[kind] += 1
+
+    def prf(c: Counter) -> dict[str, float]:
+        p = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else 0.0
+        r = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 0.0
+        return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / (p + r) if p + r else 0, 4)}
+
+    n_tok = sum(len(t) for t in tokens)
+    result = {"split": str(args.split.relative_to(ROOT.parent)) if args.split.is_relative_to(ROOT.parent) else str(args.split),
+              "sentences": len(sents), "micro": prf(counts), "per_label": {k: prf(v) for k, v in sorted(per_label.items())},
+              "sentences_per_s": round(len(sents) / wall, 1), "tokens_per_s": round(n_tok / wall, 1),
+              "threads": args.threads,
+              "model_mb": round((args.model.stat().st_size + args.pretrain.stat().st_size) / 2**20, 1)}
+    print(json.dumps(result, indent=1))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
