@@ -13,7 +13,6 @@ import pytest
 
 from conftest import ROOT
 from pipeline.commit import LockedError, RunLock, commit, recover
-from pipeline.loopback import Route
 from transforms.store import Store
 from transforms.write import staging_dir
 

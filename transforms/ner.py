@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.utils.shared import Shared
 
 from config.settings import NerSettings
 from transforms.outputs import batches, split
@@ -100,20 +100,29 @@ class Tagger:
         return out
 
 
-@dataclass
-class TaggerHolder:
-    tagger: Tagger
+_TAGGERS: dict[str, Tagger] = {}
+_TAGGERS_LOCK = threading.Lock()
+
+
+def shared_tagger(settings: NerSettings, paths: dict[str, dict[str, str] | None]) -> Tagger:
+    """One Tagger (and so one set of Stanza pipelines) per process and configuration. Unlike a
+    ``Shared`` handle, it outlives the pipeline, so ``--every`` loads the models once per process."""
+    key = json.dumps([settings.model_dump(), paths], sort_keys=True, default=str)
+    with _TAGGERS_LOCK:
+        if key not in _TAGGERS:
+            _TAGGERS[key] = Tagger(settings, paths)
+        return _TAGGERS[key]
 
 
 class _TagFn(beam.DoFn):
-    def __init__(self, settings: NerSettings, paths: dict[str, dict[str, str] | None], shared: Shared):
-        self.settings, self.paths, self.shared = settings, paths, shared
+    def __init__(self, settings: NerSettings, paths: dict[str, dict[str, str] | None]):
+        self.settings, self.paths = settings, paths
         self.entities = beam.metrics.Metrics.counter("warta", "entities")
         self.no_model = beam.metrics.Metrics.counter("warta", "ner_no_model")
         self.failed = beam.metrics.Metrics.counter("warta", "ner_failed")
 
     def setup(self):
-        self.holder = self.shared.acquire(lambda: TaggerHolder(Tagger(self.settings, self.paths)))
+        self.tagger = shared_tagger(self.settings, self.paths)
 
     def process(self, batch: list[dict[str, Any]]):
         by_lang: dict[str | None, list[dict[str, Any]]] = {}
@@ -121,7 +130,7 @@ class _TagFn(beam.DoFn):
             by_lang.setdefault(art.get("language"), []).append(art)
         for lang, arts in by_lang.items():
             try:
-                found = self.holder.tagger.tag([a["text"] for a in arts], lang) if self.settings.enabled else None
+                found = self.tagger.tag([a["text"] for a in arts], lang) if self.settings.enabled else None
             except Exception as e:  # a broken model must not lose the articles: write them untagged
                 log.exception("NER failed for a batch of %d %s articles", len(arts), lang)
                 self.failed.inc(len(arts))
@@ -142,7 +151,6 @@ class TagEntities(beam.PTransform):
 
     settings: NerSettings
     paths: dict[str, dict[str, str] | None]  # language -> Stanza model paths (None: no model)
-    shared: Shared = field(default_factory=Shared)
 
     def __post_init__(self):
         super().__init__()
@@ -150,6 +158,6 @@ class TagEntities(beam.PTransform):
     def expand(self, articles):
         tagged = (
             batches(articles, lambda a: a["article_id"], self.settings.parallelism, self.settings.batch_size)
-            | "Tag" >> beam.ParDo(_TagFn(self.settings, self.paths, self.shared))
+            | "Tag" >> beam.ParDo(_TagFn(self.settings, self.paths))
         )
         return split(tagged, ["articles", ERRORS])
