@@ -103,12 +103,15 @@ class HostThrottle:
         with self._guard:
             return self._locks.setdefault(host, threading.Lock())
 
-    def wait(self, host: str, delay: float | None = None) -> None:
+    def wait(self, host: str) -> None:
         """Call with ``lock(host)`` held: sleeps until the host may be asked again."""
-        now = time.monotonic()
         ready = self._next.get(host, 0.0)
+        now = time.monotonic()
         if ready > now:
             time.sleep(ready - now)
+
+    def done(self, host: str, delay: float | None = None) -> None:
+        """Call when a request to ``host`` has finished: the next one waits ``delay`` from now."""
         self._next[host] = time.monotonic() + (self.delay if delay is None else delay)
 
 
@@ -225,8 +228,11 @@ class HttpClient:
             raise FetchError("disallowed by robots.txt", stage="robots", url=url)
         host = urlsplit(url).netloc.lower()
         with self.throttle.lock(host):
-            self.throttle.wait(host, self.crawl_delay(url))
-            return self.get(url, **kwargs)
+            self.throttle.wait(host)
+            try:
+                return self.get(url, **kwargs)
+            finally:  # the delay runs from the end of one request to the start of the next
+                self.throttle.done(host, self.crawl_delay(url))
 
 
 def _short(e: Exception, limit: int = 300) -> str:
