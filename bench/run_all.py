@@ -1,0 +1,24 @@
+"""Run every benchmark (``make bench``); each writes its JSON to bench/results/.
+
+Sizes are arguments of the individual scripts; this runs the set reported in the README.
+Expect about an hour on 2 cores, most of it NER in the 10,000-article pipeline run.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = [
+    ["bench/bench_extraction.py"],
+    ["models/evaluate_id_ner.py"],
+    ["bench/bench_dedup.py"],
+    ["bench/bench_pipeline.py", "--sizes", "100", "1000", "10000"],
+    ["bench/bench_pipeline.py", "--sizes", "10000", "--outlets", "200", "--no-ner",
+     "--json", "bench/results/load_200x50.json"],
+]
+
+if __name__ == "__main__":
+    for step in STEPS:
+        print("==>", " ".join(step), flush=True)
+        subprocess.run([sys.executable, *step], cwd=ROOT, check=True)
