@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import partial
 
@@ -20,12 +21,22 @@ from transforms.urls import host_of, normalize_url
 from transforms.write import WriteDataset, WriteState
 
 
-def load_seen(store: Store) -> SeenKeys:
-    return SeenKeys(load_index(store).url_keys)
+_SNAPSHOT: dict[tuple, IndexSnapshot] = {}
+_SNAPSHOT_LOCK = threading.Lock()
 
 
-def load_snapshot(store: Store, window_days: int) -> IndexSnapshot:
-    return load_index(store, window_days=window_days)
+def load_snapshot(store: Store, window_days: int, run_id: str) -> IndexSnapshot:
+    """The state index, read once per worker process and run (polling and dedup share it)."""
+    key = (store.url, window_days, run_id)
+    with _SNAPSHOT_LOCK:
+        if key not in _SNAPSHOT:
+            _SNAPSHOT.clear()  # keep only the current run's snapshot
+            _SNAPSHOT[key] = load_index(store, window_days=window_days)
+        return _SNAPSHOT[key]
+
+
+def load_seen(store: Store, window_days: int, run_id: str) -> SeenKeys:
+    return SeenKeys(load_snapshot(store, window_days, run_id).url_keys)
 
 
 def first_entry(keyed):
@@ -61,7 +72,8 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     polled = (
         p
         | "ListFeeds" >> beam.Create(plan.feeds)
-        | "PollFeeds" >> PollFeeds(s.http, plan.validators, s.max_items_per_feed, partial(load_seen, plan.store))
+        | "PollFeeds" >> PollFeeds(s.http, plan.validators, s.max_items_per_feed,
+                                  partial(load_seen, plan.store, s.dedup.window_days, plan.run_id))
     )
     pages = (
         polled.entries
@@ -72,7 +84,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     )
     extracted = pages.pages | "ExtractArticles" >> ExtractArticles(s.min_text_chars)
     deduped = extracted.articles | "Deduplicate" >> Deduplicate(
-        s.dedup, partial(load_snapshot, plan.store, s.dedup.window_days))
+        s.dedup, partial(load_snapshot, plan.store, s.dedup.window_days, plan.run_id))
     tagged = deduped.articles | "TagEntities" >> TagEntities(s.ner, plan.ner_paths())
 
     written = [tagged.articles | "WriteArticles" >> WriteDataset(plan.store, plan.run_id, "articles")]
