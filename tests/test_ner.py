@@ -120,10 +120,6 @@ def test_segmentation_offsets_cover_the_text():
             assert text[a:b].strip() == text[a:b] and text[a:b]
 
 
-SHIPPED = (REPO_MODELS / "id" / "ner.pt").exists()
-
-
-@pytest.mark.skipif(not SHIPPED, reason="the Indonesian model is built by models/build_id_ner.py")
 def test_shipped_indonesian_model_loads_offline_with_the_documented_call(tmp_path):
     code = ("import stanza; p = stanza.Pipeline('id', processors='tokenize,ner', tokenize_pretokenized=True, "
             "ner_model_path='models/stanza/id/ner.pt', ner_pretrain_path='models/stanza/id/ner_pretrain.pt', "
@@ -135,7 +131,6 @@ def test_shipped_indonesian_model_loads_offline_with_the_documented_call(tmp_pat
     assert set(eval(res.stdout.strip().splitlines()[-1])) <= {"PER", "LOC", "ORG"}
 
 
-@pytest.mark.skipif(not SHIPPED, reason="the Indonesian model is built by models/build_id_ner.py")
 def test_shipped_model_tags_the_seed_article():
     title, paras = seed_article()
     text = "\n".join(paras)

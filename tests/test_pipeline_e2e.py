@@ -59,6 +59,10 @@ def test_full_run_then_rerun_then_growth(world, server, tmp_path, fast_config):
     for r in rows:
         for e in r["entities"]:
             assert r["text"][e["start_char"]:e["end_char"]] == e["text"]
+    # the shipped Indonesian model tagged the Indonesian pages
+    assert ("Vladimir Putin", "PER") in {(e["text"], e["label"]) for e in seed["entities"]}
+    assert all(r["entities"] for r in rows if r["language"] == "id")
+    assert "no NER model for: en" in summary  # English has no model here: reported, not fatal
     en = by_url[f"{base}/en/story-0.html"]
     assert en["language"] == "en" and en["source"] == "en" and en["date"].isoformat() == "2024-11-11"
     latin = by_url[f"{base}/id/latin.html"]
@@ -154,6 +158,7 @@ def test_bundled_example_runs_offline(tmp_path):
     rows = articles(out)
     assert len(rows) == 8
     assert {r["language"] for r in rows} >= {"id", "en"}
+    assert all(r["entities"] for r in rows if r["language"] == "id")
     dups = [r for r in rows if r["duplicate_of"]]
     assert len(dups) == 1 and dups[0]["source"] == "kabar-demo"
     original = next(r for r in rows if r["article_id"] == dups[0]["duplicate_of"])
