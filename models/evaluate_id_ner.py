@@ -37,6 +37,41 @@ def spans(tags: list[str]) -> set[tuple[int, int, str]]:
     return out
 
 
+def load_pipeline(model: Path, pretrain: Path, threads: int, batch: int):
+    import stanza
+    import torch
+    torch.set_num_threads(threads)
+    return stanza.Pipeline("id", dir=str(ROOT / "models/stanza"), processors="tokenize,ner",
+                           tokenize_pretokenized=True, ner_model_path=str(model), ner_pretrain_path=str(pretrain),
+                           download_method=None, use_gpu=False, logging_level="WARN", ner_batch_size=batch)
+
+
+def _speed_worker(args, shard, barrier, queue):
+    pipe = load_pipeline(args.model, args.pretrain, 1, args.batch)
+    pipe(shard[:8])
+    barrier.wait()
+    t0 = time.perf_counter()
+    for i in range(0, len(shard), args.batch):
+        pipe(shard[i:i + args.batch])
+    queue.put((t0, time.perf_counter(), len(shard)))
+
+
+def multi_process_speed(args, tokens: list[list[str]]) -> float:
+    """Sentences/s with one single-threaded process per core (how the pipeline runs with 2 workers)."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    work = tokens * args.repeat
+    barrier, queue = ctx.Barrier(args.processes), ctx.Queue()
+    procs = [ctx.Process(target=_speed_worker, args=(args, work[i::args.processes], barrier, queue))
+             for i in range(args.processes)]
+    for p in procs:
+        p.start()
+    spans = [queue.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return len(work) / (max(e for _, e, _ in spans) - min(s for s, _, _ in spans))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--split", type=Path, default=ROOT.parent / "shared/data/ner/nergrit/valid.txt")
@@ -44,16 +79,12 @@ def main(argv=None) -> int:
     ap.add_argument("--pretrain", type=Path, default=ROOT / "models/stanza/id/ner_pretrain.pt")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=256, help="sentences per Stanza call")
+    ap.add_argument("--processes", type=int, default=2, help="also measure N single-threaded processes")
+    ap.add_argument("--repeat", type=int, default=5, help="passes over the split for the multi-process timing")
     ap.add_argument("--json", type=Path, default=ROOT / "bench/results/ner.json")
     args = ap.parse_args(argv)
 
-    import stanza
-    import torch
-    torch.set_num_threads(args.threads)
-    pipe = stanza.Pipeline("id", dir=str(ROOT / "models/stanza"), processors="tokenize,ner",
-                           tokenize_pretokenized=True, ner_model_path=str(args.model),
-                           ner_pretrain_path=str(args.pretrain), download_method=None, use_gpu=False,
-                           logging_level="WARN", ner_batch_size=args.batch)
+    pipe = load_pipeline(args.model, args.pretrain, args.threads, args.batch)
     sents = read_bio(args.split)
     tokens = [[t for t, _ in s] for s in sents]
     pipe(tokens[:16])  # warm-up
@@ -81,6 +112,8 @@ def main(argv=None) -> int:
               "sentences": len(sents), "micro": prf(counts), "per_label": {k: prf(v) for k, v in sorted(per_label.items())},
               "sentences_per_s": round(len(sents) / wall, 1), "tokens_per_s": round(n_tok / wall, 1),
               "threads": args.threads,
+              f"sentences_per_s_{args.processes}_processes_x_1_thread": round(multi_process_speed(args, tokens), 1)
+              if args.processes > 1 else None,
               "model_mb": round((args.model.stat().st_size + args.pretrain.stat().st_size) / 2**20, 1)}
     print(json.dumps(result, indent=1))
     args.json.parent.mkdir(parents=True, exist_ok=True)
