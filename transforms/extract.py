@@ -20,6 +20,7 @@ import htmldate
 import lxml.html
 import py3langid
 import trafilatura
+from trafilatura.meta import reset_caches
 from dateutil import parser as dateparser
 
 from transforms.outputs import split
@@ -300,7 +301,7 @@ class _ExtractFn(beam.DoFn):
         self.ok.inc()
         self.count += 1
         if self.count % 1000 == 0:  # trafilatura keeps LRU caches; keep memory flat on long runs
-            trafilatura.reset_caches()
+            reset_caches()
         yield "articles", row
 
 
