@@ -16,7 +16,6 @@ from transforms import __version__
 
 CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULT_FEEDS = CONFIG_DIR / "feeds.yaml"
-DEFAULT_SETTINGS = CONFIG_DIR / "settings.yaml"
 
 
 class ConfigError(ValueError):
