@@ -64,10 +64,30 @@ def run(name: str, fn, pages) -> dict:
             "cpu_s_per_page": round(cpu / len(pages), 4)}
 
 
+def memory_profile(pages, total: int) -> list[dict]:
+    """RSS every 1,000 pages while the extraction stage (extract_article) runs over ``total`` pages."""
+    import psutil
+    from datetime import datetime, timezone
+
+    from transforms.extract import _ExtractFn
+    fn = _ExtractFn(200, None)
+    proc = psutil.Process()
+    points = []
+    fetched = datetime.now(timezone.utc)
+    for i in range(total):
+        html, url, _ = pages[i % len(pages)]
+        list(fn.process({"url": url or f"http://x/{i}", "feed_url": "f", "source": "s", "html": html,
+                         "fetched_at": fetched}))
+        if (i + 1) % 1000 == 0:
+            points.append({"pages": i + 1, "rss_mb": round(proc.memory_info().rss / 2**20, 1)})
+    return points
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "extraction.json")
+    ap.add_argument("--memory-pages", type=int, default=0, help="also track RSS over this many pages (e.g. 10000)")
     args = ap.parse_args(argv)
     pages = load_pages(args.data)
     for h, u, _ in pages[:5]:  # warm-up: imports, lxml, caches
@@ -84,8 +104,11 @@ def main(argv=None) -> int:
     for r in results:
         print(f"{r['extractor']:30} {r['precision']:7.4f} {r['recall']:7.4f} {r['f1']:7.4f} {r['pages_per_s']:8.1f}"
               f" {r['pages_per_cpu_s']:11.1f}")
+    memory = memory_profile(pages, args.memory_pages) if args.memory_pages else []
+    for point in memory:
+        print(f"after {point['pages']:6d} pages: RSS {point['rss_mb']} MB")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"pages": len(pages), "results": results}, indent=1))
+    args.json.write_text(json.dumps({"pages": len(pages), "results": results, "memory": memory}, indent=1))
     return 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = [
-    ["bench/bench_extraction.py"],
+    ["bench/bench_extraction.py", "--memory-pages", "10000"],
     ["models/evaluate_id_ner.py"],
     ["bench/bench_dedup.py"],
     ["bench/bench_pipeline.py", "--sizes", "100", "1000", "10000"],
