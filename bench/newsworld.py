@@ -4,7 +4,6 @@ RSS feed and realistic Indonesian article pages whose text is NERGrit/UD sentenc
 from __future__ import annotations
 
 import random
-import re
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -13,14 +12,9 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
+from transforms.segment import detokenize  # noqa: E402
 from pipeline.example import rss_feed, wordpress_page  # noqa: E402
 from pipeline.loopback import LoopbackServer, Route  # noqa: E402
-
-
-def _detok(tokens: list[str]) -> str:
-    s = " ".join(tokens)
-    s = re.sub(r" ([,.;:!?)\]%])", r"\1", s)
-    return re.sub(r"([(\[]) ", r"\1", s).replace(" - ", "-")
 
 
 def indonesian_sentences() -> list[str]:
@@ -29,7 +23,7 @@ def indonesian_sentences() -> list[str]:
         for line in (DATA / f).read_text(encoding="utf-8").splitlines():
             if not line.strip():
                 if len(cur) >= 8:
-                    out.append(_detok(cur))
+                    out.append(detokenize(cur))
                 cur = []
             else:
                 cur.append(line.split("\t")[0])

@@ -7,13 +7,13 @@ English pages: two pages of the article-extraction-benchmark (MIT), served as fe
 
 import gzip
 import json
-import re
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from transforms.segment import detokenize  # noqa: E402
 from pipeline.example import atom_feed, rss_feed, wordpress_page  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -21,19 +21,12 @@ SITE = ROOT / "examples" / "site"
 WIB = timezone(timedelta(hours=7))
 
 
-def detok(tokens):
-    s = " ".join(tokens)
-    s = re.sub(r" ([,.;:!?)\]%])", r"\1", s)
-    s = re.sub(r"([(\[]) ", r"\1", s)
-    return s.replace(" - ", "-").replace(' " ', ' "')
-
-
 def nergrit_paragraphs(n_articles, per):
     sents, cur = [], []
     for line in (DATA / "ner/nergrit/valid.txt").read_text().splitlines():
         if not line.strip():
             if len(cur) > 12:
-                sents.append(detok(cur))
+                sents.append(detokenize(cur))
             cur = []
         else:
             cur.append(line.split("\t")[0])

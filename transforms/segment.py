@@ -73,3 +73,10 @@ def sentences(text: str) -> Iterator[list[Span]]:
                 current = []
         if current:
             yield current
+
+
+def detokenize(tokens: list[str]) -> str:
+    """Join NERGrit-style tokens back into running text (used to build realistic test and bench pages)."""
+    s = " ".join(tokens)
+    s = re.sub(r" ([,.;:!?)\]%])", r"\1", s)
+    return re.sub(r"([(\[]) ", r"\1", s).replace(" - ", "-")

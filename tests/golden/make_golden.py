@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
+from transforms.segment import detokenize  # noqa: E402
 from pipeline.example import wordpress_page  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 esc = html.escape
-
-
-def detok(tokens):
-    s = " ".join(tokens)
-    s = re.sub(r" ([,.;:!?)\]%])", r"\1", s)
-    return re.sub(r"([(\[]) ", r"\1", s).replace(" - ", "-")
 
 
 def nergrit(n):
@@ -35,7 +29,7 @@ def nergrit(n):
     for line in (DATA / "ner/nergrit/train.txt").read_text().splitlines():
         if not line.strip():
             if len(cur) > 15:
-                out.append(detok(cur))
+                out.append(detokenize(cur))
             cur = []
         else:
             cur.append(line.split("\t")[0])
