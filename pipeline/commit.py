@@ -114,6 +114,8 @@ class RunLock:
 
     def release(self) -> None:
         self._stop.set()
+        if self._thread is not None:  # a heartbeat in flight must not re-create the lock after removal
+            self._thread.join(timeout=30)
         if (self.store.read_json(LOCK) or {}).get("run_id") == self.run_id:
             self.store.remove(LOCK)
 
