@@ -163,3 +163,10 @@ def test_bundled_example_runs_offline(tmp_path):
     assert len(dups) == 1 and dups[0]["source"] == "kabar-demo"
     original = next(r for r in rows if r["article_id"] == dups[0]["duplicate_of"])
     assert original["source"] == "jurnalpatroli-demo"
+    # the same lake through Polars and pyarrow.dataset, with the Hive partitions as columns
+    import polars as pl
+    import pyarrow.dataset as ds
+    df = pl.scan_parquet(f"{out}/articles/**/*.parquet", hive_partitioning=True).collect()
+    assert df.height == 8 and {"date", "source", "entities"} <= set(df.columns)
+    table = ds.dataset(str(out / "articles"), format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == 8 and table.schema.field("entities").type.value_type.num_fields == 4
