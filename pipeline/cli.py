@@ -85,9 +85,9 @@ def run(argv: list[str] | None = None) -> int:
     ns, beam_args, overrides = split_args(argv)
     logging.basicConfig(level=getattr(logging, ns.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("apache_beam", "urllib3", "stanza", "distributed"):
+    for noisy in ("apache_beam", "stanza", "distributed"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, ns.log_level)))
-    for chatty in ("trafilatura", "htmldate", "courlan"):  # per-page notices; failures reach errors/ anyway
+    for chatty in ("trafilatura", "htmldate", "courlan", "urllib3"):  # per-page notices; failures reach errors/ anyway
         logging.getLogger(chatty).setLevel(max(logging.ERROR, getattr(logging, ns.log_level)))
     with ExitStack() as stack:
         try:
