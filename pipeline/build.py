@@ -11,7 +11,7 @@ import apache_beam as beam
 from config.settings import Feed, Settings
 from transforms.dedup import Deduplicate
 from transforms.extract import ExtractArticles
-from transforms.feeds import PollFeeds, SeenKeys
+from transforms.feeds import PollFeeds
 from transforms.fetch import FetchPages
 from transforms.ner import TagEntities, model_paths
 from transforms.records import is_permanent
@@ -35,8 +35,8 @@ def load_snapshot(store: Store, window_days: int, run_id: str) -> IndexSnapshot:
         return _SNAPSHOT[key]
 
 
-def load_seen(store: Store, window_days: int, run_id: str) -> SeenKeys:
-    return SeenKeys(load_snapshot(store, window_days, run_id).url_keys)
+def load_seen(store: Store, window_days: int, run_id: str) -> set[int]:
+    return load_snapshot(store, window_days, run_id).url_keys
 
 
 def first_entry(keyed):

@@ -15,11 +15,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from config.settings import ConfigError, Settings, load_feeds, load_settings
 from pipeline.build import Plan, build
-from pipeline.commit import LockedError, RunLock, commit, new_run_id, recover, staged_files, summarize_staged
+from pipeline.commit import LockedError, RunLock, commit, new_run_id, recover, summarize_staged
 from pipeline.options import split_args
 from transforms.state import FEEDS_FILE
 from transforms.store import Store
-from transforms.write import staging_dir
 
 log = logging.getLogger("warta")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
@@ -65,20 +64,12 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
         if hasattr(result, "client"):  # DaskRunner opens its own client: close it before the cluster goes
             result.client.close()
         stats = {"run_id": run_id, **summarize_staged(store, run_id)}
-        stats["no_model"] = languages_without_model(store, run_id, plan.ner_paths()) if settings.ner.enabled else []
+        paths = plan.ner_paths()
+        stats["no_model"] = [lang for lang in stats.pop("languages") if not paths.get(lang)] if settings.ner.enabled else []
         stats["seconds"] = round(time.monotonic() - t0, 2)
         commit(store, run_id, stats, settings.dedup.window_days)
     log.info(summary_line(stats, stats["seconds"]))
     return stats
-
-
-def languages_without_model(store: Store, run_id: str, paths: dict) -> list[str]:
-    """Languages of this run's articles that no NER model covers (their entities stay empty)."""
-    langs: set[str] = set()
-    for rel in staged_files(store, run_id):
-        if rel.startswith("articles/") and rel.endswith(".parquet"):
-            langs |= set(store.read_table(f"{staging_dir(run_id)}/{rel}").column("language").to_pylist())
-    return sorted(str(lang) for lang in langs if not paths.get(lang))
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -132,12 +132,14 @@ def staged_files(store: Store, run_id: str) -> list[str]:
     return [p[len(base):] for p in store.list(staging_dir(run_id)) if p.startswith(base)]
 
 
-def summarize_staged(store: Store, run_id: str) -> dict[str, int]:
-    """Run counts read back from the staged files: the same on every runner, metrics or not."""
+def summarize_staged(store: Store, run_id: str) -> dict[str, Any]:
+    """Run counts (and the articles' languages) read back from the staged files: the same on every
+    runner, metrics or not."""
     stage = staging_dir(run_id)
     c = dict.fromkeys(("feeds_polled", "feeds_unchanged", "feeds_failed", "entries_new", "pages_fetched",
                        "pages_extracted", "duplicates_exact", "duplicates_near", "entities", "articles_written",
                        "errors_written"), 0)
+    languages: set[str] = set()
     feeds = json.loads(store.read_bytes(f"{stage}/feeds.json")) if store.exists(f"{stage}/feeds.json") else []
     c["feeds_polled"] = len(feeds)
     c["feeds_unchanged"] = sum(f["status"] == "unchanged" for f in feeds)
@@ -145,7 +147,8 @@ def summarize_staged(store: Store, run_id: str) -> dict[str, int]:
     c["entries_new"] = sum(f.get("entries_new", 0) for f in feeds)
     for rel in staged_files(store, run_id):
         if rel.startswith("articles/") and rel.endswith(".parquet"):
-            t = store.read_table(f"{stage}/{rel}").select(["entities", "duplicate_of"])
+            t = store.read_table(f"{stage}/{rel}").select(["entities", "duplicate_of", "language"])
+            languages |= {str(v) for v in t.column("language").to_pylist()}
             c["articles_written"] += t.num_rows
             c["entities"] += sum(len(e or ()) for e in t.column("entities").to_pylist())
             c["duplicates_near"] += t.num_rows - t.column("duplicate_of").null_count
@@ -158,7 +161,7 @@ def summarize_staged(store: Store, run_id: str) -> dict[str, int]:
         c["duplicates_exact"] = kinds.count("duplicate")
         c["pages_extracted"] = kinds.count("article") + kinds.count("duplicate")
     c["pages_fetched"] += c["pages_extracted"]
-    return c
+    return {**c, "languages": sorted(languages)}
 
 
 def commit(store: Store, run_id: str, summary: dict[str, Any], window_days: int) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from typing import Any, Iterable
 
 import apache_beam as beam
 import feedparser
-from apache_beam.utils.shared import Shared
 
 from config.settings import Feed, HttpSettings
 from transforms.http import FetchError, HttpClient
@@ -130,9 +129,9 @@ def poll_feed(feed: Feed, client: HttpClient, validators: dict[str, Any] | None,
 
 
 class _PollFeedsFn(beam.DoFn):
-    def __init__(self, http: HttpSettings, validators: dict[str, dict], max_items: int, seen_loader, shared: Shared):
+    def __init__(self, http: HttpSettings, validators: dict[str, dict], max_items: int, seen_loader):
         self.http, self.validators, self.max_items = http, validators, max_items
-        self.seen_loader, self.shared = seen_loader, shared
+        self.seen_loader = seen_loader
         self.polled = beam.metrics.Metrics.counter("warta", "feeds_polled")
         self.unchanged = beam.metrics.Metrics.counter("warta", "feeds_unchanged")
         self.failed = beam.metrics.Metrics.counter("warta", "feeds_failed")
@@ -140,13 +139,13 @@ class _PollFeedsFn(beam.DoFn):
 
     def setup(self):
         self.client = HttpClient(self.http)
-        self.seen = self.shared.acquire(self.seen_loader)
+        self.seen = self.seen_loader()
 
     def teardown(self):
         self.client.close()
 
     def process(self, feed: Feed):
-        res = poll_feed(feed, self.client, self.validators.get(feed.url), self.seen.keys, self.max_items)
+        res = poll_feed(feed, self.client, self.validators.get(feed.url), self.seen, self.max_items)
         self.polled.inc()
         self.unchanged.inc(res.state["status"] == "unchanged")
         self.failed.inc(res.state["status"] == "failed")
@@ -158,13 +157,6 @@ class _PollFeedsFn(beam.DoFn):
         yield FEED_STATE, res.state
 
 
-class SeenKeys:
-    """A weak-referenceable holder so ``Shared`` can cache the set once per worker process."""
-
-    def __init__(self, keys: set[int]):
-        self.keys = keys
-
-
 @dataclass(eq=False)
 class PollFeeds(beam.PTransform):
     """Feeds in, new entries out (main), plus ``errors`` and ``feed_state`` tagged outputs."""
@@ -172,13 +164,12 @@ class PollFeeds(beam.PTransform):
     http: HttpSettings
     validators: dict[str, dict]
     max_items: int
-    seen_loader: Any  # zero-arg callable returning SeenKeys; runs once per worker
-    shared: Shared = field(default_factory=Shared)
+    seen_loader: Any  # zero-arg callable returning the set of known URL keys; called in DoFn.setup
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, feeds):
         tagged = feeds | "Poll" >> beam.ParDo(
-            _PollFeedsFn(self.http, self.validators, self.max_items, self.seen_loader, self.shared))
+            _PollFeedsFn(self.http, self.validators, self.max_items, self.seen_loader))
         return split(tagged, ["entries", ERRORS, FEED_STATE])
