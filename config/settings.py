@@ -61,7 +61,7 @@ class NerSettings(Strict):
     model_dir: str | None = None  # directory holding <lang>/ner.pt and <lang>/ner_pretrain.pt (other languages)
     languages: dict[str, dict[str, str]] = {}  # explicit per-language paths: {en: {ner_model_path:..., ...}}
     batch_size: int = 32  # documents per NER batch
-    parallelism: int = 8  # shuffle groups the articles are spread over for tagging
+    parallelism: int = 8  # shuffle groups for tagging, on runners that batch through a shuffle (Dask)
     threads: int | None = None  # torch threads per worker; None = torch default
 
 
@@ -77,6 +77,8 @@ class Settings(Strict):
     ner: NerSettings = NerSettings()
     dedup: DedupSettings = DedupSettings()
     max_items_per_feed: int = Field(500, ge=1, description="new entries taken per feed per poll; the rest wait")
+    parallelism: int | None = Field(None, ge=1, description="host groups fetched and processed in parallel; "
+                                    "default: the runner's worker count (--direct_num_workers, local Dask: 2), else 8")
     storage_options: dict[str, Any] = {}
     min_text_chars: int = 200  # shorter extracted bodies are an `extract` error
     lock_ttl: float = 3600.0  # seconds after which another run may take over a silent lock

@@ -101,14 +101,89 @@ def build_vectors(data: Path, work: Path, dim: int) -> Path:
     return pretrain
 
 
+def cased_sources(data: Path) -> list[list[str]]:
+    """Cased Indonesian token sequences (NERGrit train, UD, nlp-id news); never the validation split."""
+    out = [[t for t, _ in s] for s in read_bio(data / "ner/nergrit/train.txt")]
+    for f in sorted((data / "ud").glob("*.conllu")):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            if line.startswith("# text = "):
+                out.append(TOKEN_RE.findall(line[9:]))
+    postag = nlp_id_corpus()
+    if postag:
+        out += [TOKEN_RE.findall(" ".join(t for t, _ in s)) for s in read_bio(postag)]
+    return out
+
+
+def nlp_id_corpus() -> Path | None:
+    try:
+        import nlp_id
+    except ImportError:
+        return None
+    return Path(nlp_id.__file__).parent / "data" / "dataset_postag.txt"
+
+
+def casing_table(sents: list[list[str]]) -> dict[str, str]:
+    """lower-cased word -> its most frequent written form, not counting sentence-initial tokens."""
+    forms: dict[str, Counter] = {}
+    for s in sents:
+        for t in s[1:]:
+            forms.setdefault(t.lower(), Counter())[t] += 1
+    return {k: c.most_common(1)[0][0] for k, c in forms.items()}
+
+
+def truecase(sent: list[tuple[str, str]], table: dict[str, str]) -> list[tuple[str, str]]:
+    """Restore the casing of a lower-cased NER-P sentence: the usual form of each word, capitalised
+    inside entities when the usual form is lower-case (except short function words), and a capital
+    first letter for the sentence."""
+    out = []
+    for i, (tok, tag) in enumerate(sent):
+        form = table.get(tok, tok)
+        if tag != "O" and form.islower() and len(form) > 3:
+            form = form[:1].upper() + form[1:]
+        if i == 0:
+            form = form[:1].upper() + form[1:]
+        out.append((form, tag))
+    return out
+
+
+def pseudo_labelled(teacher: Path, pretrain: Path, limit: int) -> list[list[tuple[str, str]]]:
+    """The nlp-id news sentences tagged by a first-stage model; sentences with at least one entity."""
+    import stanza
+    corpus = nlp_id_corpus()
+    if corpus is None or limit <= 0:
+        return []
+    sents = [TOKEN_RE.findall(" ".join(t for t, _ in s)) for s in read_bio(corpus)]
+    sents = [s for s in sents if 5 <= len(s) <= 80]
+    random.Random(SEED).shuffle(sents)
+    nlp = stanza.Pipeline("id", dir=str(ROOT / "models/stanza"), processors="tokenize,ner",
+                          tokenize_pretokenized=True, ner_model_path=str(teacher), ner_pretrain_path=str(pretrain),
+                          download_method=None, use_gpu=False, logging_level="WARN", ner_batch_size=64)
+    out = []
+    for i in range(0, len(sents), 512):
+        doc = nlp(sents[i:i + 512])
+        for s in doc.sentences:
+            tags = [t.ner for t in s.tokens]
+            if any(g != "O" for g in tags):
+                out.append([(t.text, g.replace("E-", "I-").replace("S-", "B-")) for t, g in zip(s.tokens, tags)])
+        if len(out) >= limit:
+            break
+    return out[:limit]
+
+
 def write_json(sents: list[list[tuple[str, str]]], path: Path) -> None:
     path.write_text(json.dumps([[{"text": t, "ner": map_tag(g)} for t, g in s] for s in sents], ensure_ascii=False))
 
 
-def build_data(data: Path, work: Path, with_nerp: bool) -> tuple[Path, Path]:
-    train = read_bio(data / "ner/nergrit/train.txt")
-    if with_nerp:
-        train += read_bio(data / "ner/nerp/train.txt")
+def build_data(data: Path, work: Path, nerp: str, grit_copies: int,
+               pseudo: list[list[tuple[str, str]]]) -> tuple[Path, Path]:
+    train = read_bio(data / "ner/nergrit/train.txt") * grit_copies
+    if nerp != "none":
+        extra = read_bio(data / "ner/nerp/train.txt")
+        if nerp == "truecased":
+            table = casing_table(cased_sources(data))
+            extra = [truecase(s, table) for s in extra]
+        train += extra
+    train += pseudo
     random.Random(SEED).shuffle(train)
     train_json, valid_json = work / "train.json", work / "valid.json"
     write_json(train, train_json)
@@ -123,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / ".work" / "ner")
     ap.add_argument("--dim", type=int, default=100)
     ap.add_argument("--max-steps", type=int, default=8000)
-    ap.add_argument("--with-nerp", action="store_true", help="add NER-P (lower-cased) to the training data")
+    ap.add_argument("--nerp", choices=("none", "lower", "truecased"), default="none",
+                    help="add NER-P to the training data, as shipped (lower-cased) or with its casing restored")
+    ap.add_argument("--grit-copies", type=int, default=1, help="repeat NERGrit train this many times")
+    ap.add_argument("--pseudo", type=int, default=0, help="add this many nlp-id sentences tagged by --teacher")
+    ap.add_argument("--teacher", type=Path, default=ROOT / "models" / "stanza" / "id" / "ner.pt")
     ap.add_argument("--threads", type=int, default=2)
     args, extra = ap.parse_known_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     pretrain = build_vectors(args.data, args.work, args.dim)
     print(f"vectors ready in {time.time() - t0:.0f}s", flush=True)
-    train_json, valid_json = build_data(args.data, args.work, args.with_nerp)
+    pseudo = pseudo_labelled(args.teacher, pretrain, args.pseudo) if args.pseudo else []
+    train_json, valid_json = build_data(args.data, args.work, args.nerp, args.grit_copies, pseudo)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [
         sys.executable, "-m", "stanza.models.ner_tagger", "--mode", "train", "--cpu",

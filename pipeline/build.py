@@ -17,7 +17,7 @@ from transforms.ner import TagEntities, model_paths
 from transforms.records import is_permanent
 from transforms.state import IndexSnapshot, error_index_row, load_index
 from transforms.store import Store
-from transforms.urls import host_of, normalize_url
+from transforms.urls import normalize_url
 from transforms.write import WriteDataset, WriteState
 
 
@@ -54,6 +54,8 @@ class Plan:
     store: Store
     run_id: str
     validators: dict[str, dict]
+    workers: int = 1  # host groups fetched in parallel (one per worker process)
+    ner_batching: str = "bundle"  # "shuffle" on runners that drop finish_bundle output (Dask)
 
     def ner_paths(self) -> dict[str, dict[str, str] | None]:
         langs = {"id", *self.settings.ner.languages}
@@ -80,14 +82,19 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
         | "KeyByUrl" >> beam.Map(lambda e: (normalize_url(e["url"]), e))
         | "GroupByUrl" >> beam.GroupByKey()
         | "OneEntryPerUrl" >> beam.Map(first_entry)
-        | "FetchPages" >> FetchPages(s.http, expected_hosts=len({host_of(f.url) for f in plan.feeds}))
+        | "FetchPages" >> FetchPages(s.http, groups=plan.workers)
     )
+    # Fetch -> Extract -> Tag run fused in each worker, with no shuffle between them: tagging starts
+    # with the first pages while the rest are still arriving. Deduplication needs every article of the
+    # run in one place, so it comes after (exact duplicates are rare by then: URLs are deduplicated above).
     extracted = pages.pages | "ExtractArticles" >> ExtractArticles(s.min_text_chars)
-    deduped = extracted.articles | "Deduplicate" >> Deduplicate(
+    tagged = extracted.articles | "TagEntities" >> TagEntities(
+        s.ner, plan.ner_paths(), batching=plan.ner_batching,
+        warm=tuple(sorted({f.language for f in plan.feeds if f.language})))
+    deduped = tagged.articles | "Deduplicate" >> Deduplicate(
         s.dedup, partial(load_snapshot, plan.store, s.dedup.window_days, plan.run_id))
-    tagged = deduped.articles | "TagEntities" >> TagEntities(s.ner, plan.ner_paths())
 
-    written = [tagged.articles | "WriteArticles" >> WriteDataset(plan.store, plan.run_id, "articles")]
+    written = [deduped.articles | "WriteArticles" >> WriteDataset(plan.store, plan.run_id, "articles")]
     errors = (polled.errors, pages.errors, extracted.errors, tagged.errors) | "AllErrors" >> beam.Flatten()
     written.append(errors | "WriteErrors" >> WriteDataset(plan.store, plan.run_id, "errors"))
     remembered = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -36,6 +37,20 @@ def beam_options(beam_args: list[str], runner: str | None, dask_address: str | N
     return PipelineOptions(args, save_main_session=False)
 
 
+def parallel_layout(options: PipelineOptions, runner: str | None, settings: Settings) -> tuple[int, str]:
+    """(host groups to spread the work over, NER batching) for this runner."""
+    name = (runner or "direct").lower()
+    if name == "direct":
+        from apache_beam.options.pipeline_options import DirectOptions
+        workers = options.view_as(DirectOptions).direct_num_workers or 1
+        if workers <= 0:
+            workers = os.cpu_count() or 1
+    else:
+        workers = 2 if name == "dask" else 8
+    # Beam's DaskRunner drops elements emitted from finish_bundle: batch through a shuffle there
+    return settings.parallelism or workers, "shuffle" if name == "dask" else "bundle"
+
+
 def summary_line(c: dict[str, Any], seconds: float) -> str:
     line = (f"warta run {c.get('run_id', '')}: feeds polled={c['feeds_polled']} unchanged={c['feeds_unchanged']} "
             f"failed={c['feeds_failed']} | entries new={c['entries_new']} | pages fetched={c['pages_fetched']} "
@@ -55,9 +70,12 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
     run_id = new_run_id()
     with RunLock(store, run_id, ttl=settings.lock_ttl):
         recover(store, settings.dedup.window_days)
+        options = beam_options(beam_args, runner, dask_address)
+        workers, ner_batching = parallel_layout(options, runner, settings)
         plan = Plan(feeds=feeds, settings=settings, store=store, run_id=run_id,
-                    validators=store.read_json(FEEDS_FILE, default={}) or {})
-        p = beam.Pipeline(options=beam_options(beam_args, runner, dask_address))
+                    validators=store.read_json(FEEDS_FILE, default={}) or {},
+                    workers=workers, ner_batching=ner_batching)
+        p = beam.Pipeline(options=options)
         build(p, plan)
         result = p.run()
         result.wait_until_finish()

@@ -43,6 +43,9 @@ class LoopbackServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm and
+            # the client's delayed ACK stall every response by ~40 ms (real web servers set it too)
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet
                 pass

@@ -15,7 +15,8 @@ from conftest import seed_article
 from pipeline.example import wordpress_page
 from pipeline.loopback import Route
 from transforms.extract import ExtractArticles
-from transforms.fetch import FetchPages
+from transforms.fetch import FetchPages, plan_groups
+from transforms.urls import host_of
 
 HTTP = HttpSettings(host_delay=0, total_timeout=3, read_timeout=2, retries=0, max_bytes=2_000_000)
 
@@ -40,7 +41,7 @@ def test_hostile_pages_become_articles_or_errors(server):
     urls = [server.url(p) for p in cases]
     t0 = time.monotonic()
     with TestPipeline() as p:
-        pages = p | beam.Create([entry(u) for u in urls]) | FetchPages(HTTP, expected_hosts=1)
+        pages = p | beam.Create([entry(u) for u in urls]) | FetchPages(HTTP)
         arts = pages.pages | ExtractArticles()
         done = ((arts.articles | "A" >> beam.Map(lambda a: ("article", a["url"].rsplit("/", 1)[1])),
                  (pages.errors, arts.errors) | "E" >> beam.Flatten() | "EU" >> beam.Map(
@@ -67,7 +68,7 @@ def test_hosts_in_parallel_each_host_serial(server):
     urls = [f"http://{h}:{port}/p{i}.html" for h in ("127.0.0.1", "localhost") for i in range(4)]
     settings = HttpSettings(host_delay=0.3, retries=0, respect_robots=False)
     with TestPipeline() as p:
-        out = p | beam.Create([entry(u) for u in urls]) | FetchPages(settings, expected_hosts=2)
+        out = p | beam.Create([entry(u) for u in urls]) | FetchPages(settings)
         assert_that(out.pages | beam.Map(lambda r: r["status"]), equal_to([200] * 8))
     by_host = {h: sorted(t for hh, t in seen if hh == h) for h in ("127.0.0.1", "localhost")}
     for times in by_host.values():
@@ -75,3 +76,20 @@ def test_hosts_in_parallel_each_host_serial(server):
         assert all(b - a >= 0.29 for a, b in zip(times, times[1:]))  # polite per host
     a, b = by_host.values()
     assert a[0] < b[-1] and b[0] < a[-1]  # the two hosts overlapped in time
+
+
+def test_plan_groups_balances_pages_and_never_splits_a_host():
+    sizes = {"a.id": 50, "b.id": 40, "c.id": 30, "d.id": 20, "e.id": 10, "f.id": 10}
+    entries = [entry(f"http://{h}/{i}.html") for h, n in sizes.items() for i in range(n)]
+    groups = plan_groups(reversed(entries), 2)
+    assert len(groups) == 2
+    loads = sorted(sum(len(es) for _, es in g) for g in groups)
+    assert loads == [80, 80]
+    hosts = [h for g in groups for h, _ in g]
+    assert sorted(hosts) == sorted(sizes)  # each host in exactly one group
+    for g in groups:
+        for host, es in g:
+            assert {host_of(e["url"]) for e in es} == {host}
+            assert [e["url"] for e in es] == sorted(e["url"] for e in es)
+    assert plan_groups(entries, 2) == groups  # the input order does not matter
+    assert len(plan_groups(entries[:3], 4)) == 1  # no empty groups

@@ -16,7 +16,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from config.settings import NerSettings
 from conftest import ROOT, seed_article
-from transforms.ner import REPO_MODELS, TagEntities, Tagger, model_paths
+from transforms.ner import REPO_MODELS, TagEntities, Tagger, model_paths, ner_tags
 from transforms.segment import sentences
 
 PEOPLE = ["Alice Smith", "Bob Jones", "Carol White", "David Brown", "Emma Green", "Frank Black"]
@@ -101,12 +101,14 @@ def test_language_without_model_is_reported_not_fatal(tiny_model_dir):
     assert tagger.tag(["Bonjour Paris."], "fr") is None
 
 
-def test_tag_entities_transform_keeps_every_article(tiny_model_dir):
+@pytest.mark.parametrize("batching", ["bundle", "shuffle"])
+def test_tag_entities_transform_keeps_every_article(tiny_model_dir, batching):
     settings = NerSettings(model_dir=str(tiny_model_dir), batch_size=2)
     arts = [{"article_id": str(i), "text": "Alice Smith visited Paris with Acme Corp.", "language": lang}
             for i, lang in enumerate(["en", "en", "fr", None, "en"])]
     with TestPipeline() as p:
-        out = p | beam.Create(arts) | TagEntities(settings, {"en": model_paths("en", settings), "fr": None})
+        out = p | beam.Create(arts) | TagEntities(settings, {"en": model_paths("en", settings), "fr": None},
+                                                    batching=batching, warm=("en", "fr"))
         assert_that(out.articles | beam.Map(lambda a: (a["article_id"], a["language"] == "en" and bool(a["entities"])
                                                        or a["language"] != "en" and a["entities"] == [])),
                     equal_to([(str(i), True) for i in range(5)]))
@@ -142,3 +144,14 @@ def test_shipped_model_tags_the_seed_article():
     assert ("Vladimir Putin", "PER") in found
     assert ("Ukraina", "LOC") in found
     assert ("Kursk", "LOC") in found
+
+
+def test_lean_tagging_equals_the_stanza_pipeline_on_nergrit_valid():
+    """ner_tags skips Stanza's Document objects; its tags must be exactly what stanza.Pipeline gives."""
+    from models.build_id_ner import read_bio
+    settings = NerSettings()
+    pipe = Tagger(settings, {"id": model_paths("id", settings)}).pipeline("id")
+    sents = [[w for w, _ in s] for s in read_bio(ROOT.parent / "shared/data/ner/nergrit/valid.txt")]
+    expected = [[t.ner for t in s.tokens] for s in pipe(sents).sentences]
+    assert ner_tags(pipe, sents) == expected
+    assert any(t != "O" for s in expected for t in s)

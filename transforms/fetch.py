@@ -1,12 +1,16 @@
 """Stage 2 — fetch article pages politely.
 
 Entries are grouped by host, so one host's pages are fetched one at a time (spaced by its delay),
-while a batch of hosts is fetched in parallel threads: parallel across hosts, polite per host.
+while the hosts of a group are fetched in parallel threads: parallel across hosts, polite per host.
+Hosts are packed into ``groups`` groups of about the same number of pages (one per worker), and each
+page is passed downstream as soon as it arrives, so the stages fused after this one (extraction,
+NER) work while the remaining pages are still being fetched.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import queue
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -14,7 +18,7 @@ import apache_beam as beam
 
 from config.settings import HttpSettings
 from transforms import faults
-from transforms.outputs import batches, split
+from transforms.outputs import split
 from transforms.http import HTML_TYPES, FetchError, HttpClient, decode_html
 from transforms.records import error_from, error_row, utcnow
 from transforms.urls import host_of
@@ -33,19 +37,36 @@ def fetch_page(entry: dict[str, Any], client: HttpClient) -> dict[str, Any]:
     return {**entry, "final_url": resp.url, "status": resp.status, "html": html, "fetched_at": utcnow()}
 
 
+def fetch_one(entry: dict[str, Any], client: HttpClient) -> tuple[str, dict[str, Any]]:
+    """``("page", row)`` or ``("error", row)``; never raises."""
+    faults.point("fetch")
+    try:
+        return "page", fetch_page(entry, client)
+    except FetchError as e:
+        return "error", error_from(e, "fetch", entry)
+    except Exception as e:  # never let one page take the batch down
+        return "error", error_row("fetch", f"{type(e).__name__}: {e}", url=entry.get("url"),
+                                  feed_url=entry.get("feed_url"), source=entry.get("source"))
+
+
 def fetch_host(entries: Iterable[dict[str, Any]], client: HttpClient) -> list[tuple[str, dict[str, Any]]]:
     """Fetch one host's entries in order; ``("page", row)`` or ``("error", row)`` for each."""
-    out = []
-    for entry in sorted(entries, key=lambda e: e["url"]):
-        faults.point("fetch")
-        try:
-            out.append(("page", fetch_page(entry, client)))
-        except FetchError as e:
-            out.append(("error", error_from(e, "fetch", entry)))
-        except Exception as e:  # never let one page take the batch down
-            out.append(("error", error_row("fetch", f"{type(e).__name__}: {e}", url=entry.get("url"),
-                                           feed_url=entry.get("feed_url"), source=entry.get("source"))))
-    return out
+    return [fetch_one(entry, client) for entry in sorted(entries, key=lambda e: e["url"])]
+
+
+def plan_groups(entries: Iterable[dict[str, Any]], groups: int) -> list[list[tuple[str, list[dict[str, Any]]]]]:
+    """Hosts packed into at most ``groups`` groups of about the same number of pages: the largest host
+    goes to the lightest group. A host is never split, so it is only ever fetched from one worker."""
+    by_host: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        by_host.setdefault(host_of(e["url"]), []).append(e)
+    bins: list[list[tuple[str, list[dict[str, Any]]]]] = [[] for _ in range(max(1, groups))]
+    load = [0] * len(bins)
+    for host, host_entries in sorted(by_host.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        i = min(range(len(bins)), key=lambda j: (load[j], j))
+        bins[i].append((host, sorted(host_entries, key=lambda e: e["url"])))
+        load[i] += len(host_entries)
+    return [b for b in bins if b]
 
 
 class _FetchHostsFn(beam.DoFn):
@@ -62,16 +83,31 @@ class _FetchHostsFn(beam.DoFn):
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
-    def process(self, host_groups: list[tuple[str, Iterable[dict]]]):
-        futures = [self.pool.submit(fetch_host, list(entries), self.client) for _, entries in host_groups]
-        for fut in as_completed(futures):
-            for kind, row in fut.result():
-                if kind == "page":
-                    self.fetched.inc()
-                    yield "pages", row
-                else:
-                    self.failed.inc()
-                    yield ERRORS, row
+    def process(self, host_groups: list[tuple[str, list[dict]]]):
+        arrived: queue.SimpleQueue = queue.SimpleQueue()
+
+        def fetch_into_queue(entries):
+            try:
+                for entry in entries:
+                    arrived.put(fetch_one(entry, self.client))
+            finally:
+                arrived.put(None)  # this host is done
+
+        for _, entries in host_groups:
+            self.pool.submit(fetch_into_queue, entries)
+        running = len(host_groups)
+        while running:
+            item = arrived.get()
+            if item is None:
+                running -= 1
+                continue
+            kind, row = item
+            if kind == "page":
+                self.fetched.inc()
+                yield "pages", row
+            else:
+                self.failed.inc()
+                yield ERRORS, row
 
 
 @dataclass(eq=False)
@@ -79,22 +115,20 @@ class FetchPages(beam.PTransform):
     """Entries in; fetched pages out (main) and ``errors``."""
 
     http: HttpSettings
-    expected_hosts: int = 1  # about how many hosts (feeds) there are: sizes the parallel groups
+    groups: int = 1  # host groups, fetched in parallel by as many workers (one group per worker is best)
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, entries):
-        n = max(1, self.http.fetch_threads)
-        by_host = (
-            entries
-            | "KeyByHost" >> beam.Map(lambda e: (host_of(e["url"]), e))
-            | "GroupByHost" >> beam.GroupByKey()
-        )
-        # hosts are spread over enough groups that each group keeps a thread pool busy
-        groups = max(1, -(-self.expected_hosts // n))
+        groups = max(1, self.groups)
         tagged = (
-            batches(by_host, lambda hg: hg[0], groups, n, label="BatchHosts")
+            entries
+            | "ToOneKey" >> beam.Map(lambda e: (None, e))
+            | "GatherEntries" >> beam.GroupByKey()
+            | "PlanGroups" >> beam.FlatMap(lambda kv: enumerate(plan_groups(kv[1], groups)))
+            | "SpreadGroups" >> beam.GroupByKey()  # runners spread the keys over their workers
+            | "Groups" >> beam.FlatMap(lambda kv: kv[1])
             | "Fetch" >> beam.ParDo(_FetchHostsFn(self.http))
         )
         return split(tagged, ["pages", ERRORS])

@@ -56,6 +56,39 @@ def build_pipeline(lang: str, paths: dict[str, str], threads: int | None = None)
     )
 
 
+class _TokenTexts:
+    """What Stanza's NER ``DataLoader`` reads from a ``Document``: the token texts of each sentence.
+    Handing it this instead of a Document skips building Stanza's Document/Token/Word objects (a third
+    of the tagging time in a profile); the models, batching and decoding are Stanza's own."""
+
+    def __init__(self, sents: list[list[str]]):
+        self.sents = sents
+
+    def get(self, fields, as_sentences=True, from_token=True):
+        return [[[w, None, None] for w in s] for s in self.sents]
+
+
+def ner_tags(pipe, sents: list[list[str]]) -> list[list[str]]:
+    """BIOES tags for pre-tokenised sentences with the NER models of a Stanza pipeline."""
+    import torch
+    from stanza.models.ner.data import DataLoader
+    from stanza.models.ner.utils import merge_tags
+
+    proc = pipe.processors["ner"]
+    order = sorted(range(len(sents)), key=lambda i: len(sents[i]))  # similar lengths share a batch
+    texts = _TokenTexts([sents[i] for i in order])
+    per_model = []
+    with torch.no_grad():
+        for trainer, config in zip(proc.trainers, proc.configs):
+            loader = DataLoader(texts, config["batch_size"], config, vocab=trainer.vocab, evaluation=True,
+                                preprocess_tags=False, bert_tokenizer=trainer.model.bert_tokenizer)
+            per_model.append([tags for batch in loader for tags in trainer.predict(batch)])
+    out: list[list[str]] = [[] for _ in sents]
+    for i, tags in zip(order, (merge_tags(*x) for x in zip(*per_model))):
+        out[i] = list(tags)
+    return out
+
+
 def to_label(label: str) -> str:
     return LABELS.get(label.upper(), label.upper())
 
@@ -67,6 +100,18 @@ class Tagger:
         self.settings, self.paths = settings, paths
         self._pipes: dict[str, Any] = {}
         self._lock = threading.Lock()
+
+    def warm_up(self, langs) -> None:
+        """Start loading the models of ``langs`` in the background; the first ``tag`` call waits for them."""
+        for lang in langs:
+            if self.paths.get(lang):
+                threading.Thread(target=self._warm, args=(lang,), daemon=True, name=f"ner-load-{lang}").start()
+
+    def _warm(self, lang: str) -> None:
+        try:
+            self.pipeline(lang)
+        except Exception:  # reported (and turned into error rows) by the tag call that needs it
+            log.warning("could not preload the %s NER model", lang, exc_info=True)
 
     def pipeline(self, lang: str | None):
         if not lang or not self.paths.get(lang):
@@ -89,13 +134,14 @@ class Tagger:
         out: list[list[dict[str, Any]]] = [[] for _ in texts]
         if not sents:
             return out
-        doc = pipe([[texts[owners[j]][a:b] for a, b in spans] for j, spans in enumerate(sents)])
-        for j, sent in enumerate(doc.sentences):
+        from stanza.models.ner.utils import decode_from_bioes
+
+        tags = ner_tags(pipe, [[texts[owners[j]][a:b] for a, b in spans] for j, spans in enumerate(sents)])
+        for j, sent_tags in enumerate(tags):
             spans, text = sents[j], texts[owners[j]]
-            for ent in sent.ents:
-                first, last = ent.tokens[0].id[0] - 1, ent.tokens[-1].id[0] - 1
-                start, end = spans[first][0], spans[last][1]
-                out[owners[j]].append({"text": text[start:end], "label": to_label(ent.type),
+            for ent in decode_from_bioes(sent_tags):
+                start, end = spans[ent["start"]][0], spans[ent["end"]][1]
+                out[owners[j]].append({"text": text[start:end], "label": to_label(ent["type"]),
                                        "start_char": start, "end_char": end})
         return out
 
@@ -115,14 +161,16 @@ def shared_tagger(settings: NerSettings, paths: dict[str, dict[str, str] | None]
 
 
 class _TagFn(beam.DoFn):
-    def __init__(self, settings: NerSettings, paths: dict[str, dict[str, str] | None]):
-        self.settings, self.paths = settings, paths
+    def __init__(self, settings: NerSettings, paths: dict[str, dict[str, str] | None], warm: tuple[str, ...]):
+        self.settings, self.paths, self.warm = settings, paths, warm
         self.entities = beam.metrics.Metrics.counter("warta", "entities")
         self.no_model = beam.metrics.Metrics.counter("warta", "ner_no_model")
         self.failed = beam.metrics.Metrics.counter("warta", "ner_failed")
 
     def setup(self):
         self.tagger = shared_tagger(self.settings, self.paths)
+        if self.settings.enabled:  # models load while the stages before this one fetch and extract
+            self.tagger.warm_up(self.warm)
 
     def process(self, batch: list[dict[str, Any]]):
         by_lang: dict[str | None, list[dict[str, Any]]] = {}
@@ -147,17 +195,26 @@ class _TagFn(beam.DoFn):
 
 @dataclass(eq=False)
 class TagEntities(beam.PTransform):
-    """Articles in; articles with ``entities`` out (main) and ``errors``. Batches documents for Stanza."""
+    """Articles in; articles with ``entities`` out (main) and ``errors``. Batches documents for Stanza.
+
+    ``batching="bundle"`` batches within a bundle (``BatchElements``, no shuffle), so tagging is fused
+    with the stages before it and starts with the first fetched pages. ``"shuffle"`` batches through
+    a ``GroupByKey`` instead, for runners that drop what ``finish_bundle`` emits (Beam's DaskRunner).
+    """
 
     settings: NerSettings
     paths: dict[str, dict[str, str] | None]  # language -> Stanza model paths (None: no model)
+    batching: str = "bundle"
+    warm: tuple[str, ...] = ()  # languages whose models are loaded as soon as a worker sets the stage up
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, articles):
-        tagged = (
-            batches(articles, lambda a: a["article_id"], self.settings.parallelism, self.settings.batch_size)
-            | "Tag" >> beam.ParDo(_TagFn(self.settings, self.paths))
-        )
+        size = max(1, self.settings.batch_size)
+        if self.batching == "shuffle":
+            batched = batches(articles, lambda a: a["article_id"], self.settings.parallelism, size)
+        else:
+            batched = articles | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
+        tagged = batched | "Tag" >> beam.ParDo(_TagFn(self.settings, self.paths, tuple(self.warm)))
         return split(tagged, ["articles", ERRORS])
