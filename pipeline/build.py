@@ -13,11 +13,10 @@ from transforms.dedup import Deduplicate
 from transforms.extract import ExtractArticles
 from transforms.feeds import PollFeeds
 from transforms.fetch import FetchPages
-from transforms.ner import TagEntities, model_paths
+from transforms.ner import PreloadModels, TagEntities, model_paths
 from transforms.records import is_permanent
 from transforms.state import IndexSnapshot, error_index_row, load_index
 from transforms.store import Store
-from transforms.urls import normalize_url
 from transforms.write import WriteDataset, WriteState
 
 
@@ -39,12 +38,6 @@ def load_seen(store: Store, window_days: int, run_id: str) -> set[int]:
     return load_snapshot(store, window_days, run_id).url_keys
 
 
-def first_entry(keyed):
-    """Of one URL reached through several feeds, keep one (the alphabetically first source)."""
-    _, entries = keyed
-    return min(entries, key=lambda e: (e["source"], e["feed_url"]))
-
-
 @dataclass
 class Plan:
     """Everything one bounded run needs, decided by the driver before the pipeline starts."""
@@ -56,6 +49,12 @@ class Plan:
     validators: dict[str, dict]
     workers: int = 1  # host groups fetched in parallel (one per worker process)
     ner_batching: str = "bundle"  # "shuffle" on runners that drop finish_bundle output (Dask)
+    join_sinks: bool = False  # end in one step fed by every sink (runners that only run the last step's graph)
+
+    @property
+    def preload(self) -> tuple[str, ...]:
+        """Languages whose NER models workers load as soon as they start (those the feeds declare)."""
+        return tuple(sorted({f.language for f in self.feeds if f.language})) if self.settings.ner.enabled else ()
 
     def ner_paths(self) -> dict[str, dict[str, str] | None]:
         langs = {"id", *self.settings.ner.languages}
@@ -71,26 +70,20 @@ class Plan:
 
 def build(p: beam.Pipeline, plan: Plan) -> None:
     s = plan.settings
+    paths = plan.ner_paths()
     polled = (
         p
         | "ListFeeds" >> beam.Create(plan.feeds)
+        | "PreloadModels" >> PreloadModels(s.ner, paths, plan.preload)
         | "PollFeeds" >> PollFeeds(s.http, plan.validators, s.max_items_per_feed,
                                   partial(load_seen, plan.store, s.dedup.window_days, plan.run_id))
     )
-    pages = (
-        polled.entries
-        | "KeyByUrl" >> beam.Map(lambda e: (normalize_url(e["url"]), e))
-        | "GroupByUrl" >> beam.GroupByKey()
-        | "OneEntryPerUrl" >> beam.Map(first_entry)
-        | "FetchPages" >> FetchPages(s.http, groups=plan.workers)
-    )
+    pages = polled.entries | "FetchPages" >> FetchPages(s.http, groups=plan.workers)
     # Fetch -> Extract -> Tag run fused in each worker, with no shuffle between them: tagging starts
     # with the first pages while the rest are still arriving. Deduplication needs every article of the
     # run in one place, so it comes after (exact duplicates are rare by then: URLs are deduplicated above).
     extracted = pages.pages | "ExtractArticles" >> ExtractArticles(s.min_text_chars)
-    tagged = extracted.articles | "TagEntities" >> TagEntities(
-        s.ner, plan.ner_paths(), batching=plan.ner_batching,
-        warm=tuple(sorted({f.language for f in plan.feeds if f.language})))
+    tagged = extracted.articles | "TagEntities" >> TagEntities(s.ner, paths, plan.ner_batching, plan.preload)
     deduped = tagged.articles | "Deduplicate" >> Deduplicate(
         s.dedup, partial(load_snapshot, plan.store, s.dedup.window_days, plan.run_id))
 
@@ -105,6 +98,8 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     written.append((deduped.index, remembered) | "AllIndexRows" >> beam.Flatten() | "WriteIndex" >> WriteState(
         plan.store, plan.run_id, "index"))
     written.append(polled.feed_state | "WriteFeedState" >> WriteState(plan.store, plan.run_id, "feeds"))
-    # One last step that depends on every sink: runners that execute only the final transform's
-    # graph (Beam's DaskRunner does) still run all branches.
-    return tuple(written) | "AllWrites" >> beam.Flatten() | "Finish" >> beam.combiners.Count.Globally()
+    if plan.join_sinks:
+        # One last step that depends on every sink: runners that execute only the final transform's
+        # graph (Beam's DaskRunner does) still run all branches.
+        return tuple(written) | "AllWrites" >> beam.Flatten() | "Finish" >> beam.combiners.Count.Globally()
+    return tuple(written)

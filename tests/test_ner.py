@@ -16,7 +16,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from config.settings import NerSettings
 from conftest import ROOT, seed_article
-from transforms.ner import REPO_MODELS, TagEntities, Tagger, model_paths, ner_tags
+from transforms.ner import REPO_MODELS, NerModel, TagEntities, Tagger, build_pipeline, model_paths, ner_tags
 from transforms.segment import sentences
 
 PEOPLE = ["Alice Smith", "Bob Jones", "Carol White", "David Brown", "Emma Green", "Frank Black"]
@@ -147,11 +147,11 @@ def test_shipped_model_tags_the_seed_article():
 
 
 def test_lean_tagging_equals_the_stanza_pipeline_on_nergrit_valid():
-    """ner_tags skips Stanza's Document objects; its tags must be exactly what stanza.Pipeline gives."""
+    """NerModel loads without Stanza's training optimizer and ner_tags skips its Document objects; the
+    tags must be exactly what a stanza.Pipeline gives."""
     from models.build_id_ner import read_bio
-    settings = NerSettings()
-    pipe = Tagger(settings, {"id": model_paths("id", settings)}).pipeline("id")
+    paths = model_paths("id", NerSettings())
     sents = [[w for w, _ in s] for s in read_bio(ROOT.parent / "shared/data/ner/nergrit/valid.txt")]
-    expected = [[t.ner for t in s.tokens] for s in pipe(sents).sentences]
-    assert ner_tags(pipe, sents) == expected
+    expected = [[t.ner for t in s.tokens] for s in build_pipeline("id", paths, 1)(sents).sentences]
+    assert ner_tags(NerModel(paths, 1), sents) == expected
     assert any(t != "O" for s in expected for t in s)

@@ -10,6 +10,7 @@ NER) work while the remaining pages are still being fetched.
 from __future__ import annotations
 
 import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -21,7 +22,7 @@ from transforms import faults
 from transforms.outputs import split
 from transforms.http import HTML_TYPES, FetchError, HttpClient, decode_html
 from transforms.records import error_from, error_row, utcnow
-from transforms.urls import host_of
+from transforms.urls import host_of, normalize_url
 
 ERRORS = "errors"
 
@@ -54,11 +55,23 @@ def fetch_host(entries: Iterable[dict[str, Any]], client: HttpClient) -> list[tu
     return [fetch_one(entry, client) for entry in sorted(entries, key=lambda e: e["url"])]
 
 
-def plan_groups(entries: Iterable[dict[str, Any]], groups: int) -> list[list[tuple[str, list[dict[str, Any]]]]]:
-    """Hosts packed into at most ``groups`` groups of about the same number of pages: the largest host
-    goes to the lightest group. A host is never split, so it is only ever fetched from one worker."""
-    by_host: dict[str, list[dict[str, Any]]] = {}
+def one_entry_per_page(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A page linked from several feeds (or with tracking parameters) is fetched once: of the entries
+    with the same normalised URL, the one of the alphabetically first source is kept."""
+    kept: dict[str, dict[str, Any]] = {}
     for e in entries:
+        key = normalize_url(e["url"])
+        if key not in kept or (e["source"], e["feed_url"]) < (kept[key]["source"], kept[key]["feed_url"]):
+            kept[key] = e
+    return list(kept.values())
+
+
+def plan_groups(entries: Iterable[dict[str, Any]], groups: int) -> list[list[tuple[str, list[dict[str, Any]]]]]:
+    """Each page once, its host's entries packed into at most ``groups`` groups of about the same number
+    of pages: the largest host goes to the lightest group. A host is never split, so it is only ever
+    fetched from one worker."""
+    by_host: dict[str, list[dict[str, Any]]] = {}
+    for e in one_entry_per_page(entries):
         by_host.setdefault(host_of(e["url"]), []).append(e)
     bins: list[list[tuple[str, list[dict[str, Any]]]]] = [[] for _ in range(max(1, groups))]
     load = [0] * len(bins)
@@ -84,35 +97,51 @@ class _FetchHostsFn(beam.DoFn):
         self.client.close()
 
     def process(self, host_groups: list[tuple[str, list[dict]]]):
-        arrived: queue.SimpleQueue = queue.SimpleQueue()
+        # Bounded: when the stages downstream (NER) are slower than the network, fetching waits
+        # instead of holding every page of the group in memory.
+        arrived: queue.Queue = queue.Queue(maxsize=4 * max(1, self.http.fetch_threads))
+        stop = threading.Event()
 
-        def fetch_into_queue(entries):
+        def put(item) -> None:
+            while not stop.is_set():
+                try:
+                    arrived.put(item, timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
+
+        def fetch_into_queue(entries) -> None:
             try:
                 for entry in entries:
-                    arrived.put(fetch_one(entry, self.client))
+                    if stop.is_set():
+                        return
+                    put(fetch_one(entry, self.client))
             finally:
-                arrived.put(None)  # this host is done
+                put(None)  # this host is done
 
         for _, entries in host_groups:
             self.pool.submit(fetch_into_queue, entries)
         running = len(host_groups)
-        while running:
-            item = arrived.get()
-            if item is None:
-                running -= 1
-                continue
-            kind, row = item
-            if kind == "page":
-                self.fetched.inc()
-                yield "pages", row
-            else:
-                self.failed.inc()
-                yield ERRORS, row
+        try:
+            while running:
+                item = arrived.get()
+                if item is None:
+                    running -= 1
+                    continue
+                kind, row = item
+                if kind == "page":
+                    self.fetched.inc()
+                    yield "pages", row
+                else:
+                    self.failed.inc()
+                    yield ERRORS, row
+        finally:
+            stop.set()  # the bundle failed downstream: let the fetching threads go
 
 
 @dataclass(eq=False)
 class FetchPages(beam.PTransform):
-    """Entries in; fetched pages out (main) and ``errors``."""
+    """Entries in; fetched pages out (main) and ``errors``. Each page is fetched once."""
 
     http: HttpSettings
     groups: int = 1  # host groups, fetched in parallel by as many workers (one group per worker is best)

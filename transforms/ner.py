@@ -7,6 +7,7 @@ is built once per worker process, from local files only, with downloads disabled
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import json
@@ -56,6 +57,33 @@ def build_pipeline(lang: str, paths: dict[str, str], threads: int | None = None)
     )
 
 
+class NerModel:
+    """A Stanza NER model loaded for tagging only, from local files.
+
+    It is Stanza's own ``Trainer.load``; ``Trainer.__init__`` would also build the SGD optimizer used
+    for training, and creating any torch optimizer imports torch's compiler stack (1.5 s of CPU in
+    every worker process, every run). ``tests/test_ner.py`` checks the tags equal ``stanza.Pipeline``'s.
+    """
+
+    def __init__(self, paths: dict[str, str], threads: int | None = None, batch_size: int = 32):
+        import torch
+        from stanza.models.common.pretrain import Pretrain
+        from stanza.models.ner.trainer import Trainer
+
+        if threads:
+            torch.set_num_threads(threads)
+        pretrain = Pretrain(paths["ner_pretrain_path"]) if paths.get("ner_pretrain_path") else None
+        charlms = {"charlm_forward_file": paths.get("ner_forward_charlm_path"),
+                   "charlm_backward_file": paths.get("ner_backward_charlm_path")}
+        trainer = Trainer.__new__(Trainer)
+        trainer.load(paths["ner_model_path"], pretrain, charlms)
+        if trainer.args.get("predict_tagset") is None:
+            trainer.args["predict_tagset"] = 0
+        trainer.model.eval()
+        self.trainers = [trainer]
+        self.configs = [{**trainer.args, "batch_size": batch_size}]
+
+
 class _TokenTexts:
     """What Stanza's NER ``DataLoader`` reads from a ``Document``: the token texts of each sentence.
     Handing it this instead of a Document skips building Stanza's Document/Token/Word objects (a third
@@ -68,13 +96,13 @@ class _TokenTexts:
         return [[[w, None, None] for w in s] for s in self.sents]
 
 
-def ner_tags(pipe, sents: list[list[str]]) -> list[list[str]]:
-    """BIOES tags for pre-tokenised sentences with the NER models of a Stanza pipeline."""
+def ner_tags(model, sents: list[list[str]]) -> list[list[str]]:
+    """BIOES tags for pre-tokenised sentences, with a :class:`NerModel` or a Stanza pipeline's NER."""
     import torch
     from stanza.models.ner.data import DataLoader
     from stanza.models.ner.utils import merge_tags
 
-    proc = pipe.processors["ner"]
+    proc = model.processors["ner"] if hasattr(model, "processors") else model
     order = sorted(range(len(sents)), key=lambda i: len(sents[i]))  # similar lengths share a batch
     texts = _TokenTexts([sents[i] for i in order])
     per_model = []
@@ -118,7 +146,10 @@ class Tagger:
             return None
         with self._lock:
             if lang not in self._pipes:
-                self._pipes[lang] = build_pipeline(lang, self.paths[lang], self.settings.threads)
+                self._pipes[lang] = NerModel(self.paths[lang], self.settings.threads)
+                # The models (and torch, stanza) live as long as the process: keep the cyclic garbage
+                # collector from walking them again and again while tagging, and at exit (about 1 s).
+                gc.freeze()
             return self._pipes[lang]
 
     def tag(self, texts: list[str], lang: str | None) -> list[list[dict[str, Any]]] | None:
@@ -191,6 +222,34 @@ class _TagFn(beam.DoFn):
             for art, ents in zip(arts, found):
                 self.entities.inc(len(ents))
                 yield "articles", {**art, "entities": ents}
+
+
+class _PreloadFn(beam.DoFn):
+    def __init__(self, settings: NerSettings, paths: dict[str, dict[str, str] | None], langs: tuple[str, ...]):
+        self.settings, self.paths, self.langs = settings, paths, langs
+
+    def setup(self):
+        shared_tagger(self.settings, self.paths).warm_up(self.langs)
+
+    def process(self, element):
+        yield element
+
+
+@dataclass(eq=False)
+class PreloadModels(beam.PTransform):
+    """Elements pass through unchanged; every worker that sets this step up starts loading the NER
+    models of ``langs`` in the background. Put it on the first stage, so that the models (seconds to
+    load) are ready by the time the first pages are extracted."""
+
+    settings: NerSettings
+    paths: dict[str, dict[str, str] | None]
+    langs: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, pcoll):
+        return pcoll | "Preload" >> beam.ParDo(_PreloadFn(self.settings, self.paths, tuple(self.langs)))
 
 
 @dataclass(eq=False)
