@@ -146,6 +146,43 @@ def truecase(sent: list[tuple[str, str]], table: dict[str, str]) -> list[tuple[s
     return out
 
 
+def entity_spans(sent: list[tuple[str, str]]) -> list[tuple[int, int, str]]:
+    """(start, end, label) of the BIO entities of a sentence (NERGrit labels)."""
+    out, start = [], None
+    for i, (_, tag) in enumerate([*sent, ("", "O")]):
+        if start is not None and not tag.startswith("I-"):
+            out.append((start, i, sent[start][1][2:]))
+            start = None
+        if tag.startswith("B-") or (tag.startswith("I-") and start is None):
+            start = i
+    return out
+
+
+def mention_replaced(sents: list[list[tuple[str, str]]], copies: int, seed: int = SEED) -> list[list[tuple[str, str]]]:
+    """Mention replacement (Dai & Adel, 2020): copies of the sentences in which every entity is replaced
+    by another mention of the same type seen in training, so the tagger learns from the context and the
+    shape of names more than from memorising them."""
+    rng = random.Random(seed)
+    mentions: dict[str, list[list[str]]] = {}
+    for s in sents:
+        for a, b, label in entity_spans(s):
+            mentions.setdefault(label, []).append([t for t, _ in s[a:b]])
+    out = []
+    for _ in range(copies):
+        for s in sents:
+            spans = entity_spans(s)
+            if not spans:
+                continue
+            new, last = [], 0
+            for a, b, label in spans:
+                new += s[last:a]
+                words = rng.choice(mentions[label])
+                new += [(w, ("B-" if k == 0 else "I-") + label) for k, w in enumerate(words)]
+                last = b
+            out.append(new + s[last:])
+    return out
+
+
 def pseudo_labelled(teacher: Path, pretrain: Path, limit: int) -> list[list[tuple[str, str]]]:
     """The nlp-id news sentences tagged by a first-stage model; sentences with at least one entity."""
     import stanza
@@ -175,8 +212,9 @@ def write_json(sents: list[list[tuple[str, str]]], path: Path) -> None:
 
 
 def build_data(data: Path, work: Path, nerp: str, grit_copies: int,
-               pseudo: list[list[tuple[str, str]]]) -> tuple[Path, Path]:
-    train = read_bio(data / "ner/nergrit/train.txt") * grit_copies
+               pseudo: list[list[tuple[str, str]]], augment: int = 0) -> tuple[Path, Path]:
+    grit = read_bio(data / "ner/nergrit/train.txt")
+    train = grit * grit_copies + mention_replaced(grit, augment)
     if nerp != "none":
         extra = read_bio(data / "ner/nerp/train.txt")
         if nerp == "truecased":
@@ -201,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nerp", choices=("none", "lower", "truecased"), default="none",
                     help="add NER-P to the training data, as shipped (lower-cased) or with its casing restored")
     ap.add_argument("--grit-copies", type=int, default=1, help="repeat NERGrit train this many times")
+    ap.add_argument("--augment", type=int, default=0, help="add this many mention-replaced copies of NERGrit")
     ap.add_argument("--pseudo", type=int, default=0, help="add this many nlp-id sentences tagged by --teacher")
     ap.add_argument("--teacher", type=Path, default=ROOT / "models" / "stanza" / "id" / "ner.pt")
     ap.add_argument("--threads", type=int, default=2)
@@ -211,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     pretrain = build_vectors(args.data, args.work, args.dim)
     print(f"vectors ready in {time.time() - t0:.0f}s", flush=True)
     pseudo = pseudo_labelled(args.teacher, pretrain, args.pseudo) if args.pseudo else []
-    train_json, valid_json = build_data(args.data, args.work, args.nerp, args.grit_copies, pseudo)
+    train_json, valid_json = build_data(args.data, args.work, args.nerp, args.grit_copies, pseudo, args.augment)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [
         sys.executable, "-m", "stanza.models.ner_tagger", "--mode", "train", "--cpu",

@@ -46,23 +46,28 @@ def load_pipeline(model: Path, pretrain: Path, threads: int, batch: int):
                            download_method=None, use_gpu=False, logging_level="WARN", ner_batch_size=batch)
 
 
-def _speed_worker(args, shard, barrier, queue):
-    pipe = load_pipeline(args.model, args.pretrain, 1, args.batch)
-    pipe(shard[:8])
+def _speed_worker(args, shard, barrier, queue, lean):
+    if lean:  # warta's own path: NerModel + ner_tags (no Stanza Document objects), same tags
+        from transforms.ner import NerModel, ner_tags
+        model = NerModel({"ner_model_path": str(args.model), "ner_pretrain_path": str(args.pretrain)}, 1)
+        tag = lambda batch: ner_tags(model, batch)  # noqa: E731
+    else:
+        tag = load_pipeline(args.model, args.pretrain, 1, args.batch)
+    tag(shard[:8])
     barrier.wait()
     t0 = time.perf_counter()
     for i in range(0, len(shard), args.batch):
-        pipe(shard[i:i + args.batch])
+        tag(shard[i:i + args.batch])
     queue.put((t0, time.perf_counter(), len(shard)))
 
 
-def multi_process_speed(args, tokens: list[list[str]]) -> float:
+def multi_process_speed(args, tokens: list[list[str]], lean: bool = False) -> float:
     """Sentences/s with one single-threaded process per core (how the pipeline runs with 2 workers)."""
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
     work = tokens * args.repeat
     barrier, queue = ctx.Barrier(args.processes), ctx.Queue()
-    procs = [ctx.Process(target=_speed_worker, args=(args, work[i::args.processes], barrier, queue))
+    procs = [ctx.Process(target=_speed_worker, args=(args, work[i::args.processes], barrier, queue, lean))
              for i in range(args.processes)]
     for p in procs:
         p.start()
@@ -114,6 +119,8 @@ def main(argv=None) -> int:
               "threads": args.threads,
               f"sentences_per_s_{args.processes}_processes_x_1_thread": round(multi_process_speed(args, tokens), 1)
               if args.processes > 1 else None,
+              f"sentences_per_s_{args.processes}_processes_x_1_thread_warta_path":
+              round(multi_process_speed(args, tokens, lean=True), 1) if args.processes > 1 else None,
               "model_mb": round((args.model.stat().st_size + args.pretrain.stat().st_size) / 2**20, 1)}
     print(json.dumps(result, indent=1))
     args.json.parent.mkdir(parents=True, exist_ok=True)
