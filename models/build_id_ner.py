@@ -36,6 +36,8 @@ LABEL_MAP = {
     "PPL": "PER", "PLC": "LOC", "IND": "ORG",  # NER-P; EVT and FNB are not kept
 }
 SEED = 1234
+FIRST_STAGE_STEPS = 2500  # the shipped recipe (see models/README.md)
+AUGMENT = 0
 
 
 def read_bio(path: Path) -> list[list[tuple[str, str]]]:
@@ -229,6 +231,22 @@ def build_data(data: Path, work: Path, nerp: str, grit_copies: int,
     return train_json, valid_json
 
 
+def train_stanza(work: Path, train_json: Path, valid_json: Path, pretrain: Path, max_steps: int, threads: int,
+                 extra: list[str]) -> Path:
+    """Stanza's own NER trainer on CPU; keeps the checkpoint with the best validation F1 (work/ner.pt)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = [
+        sys.executable, "-m", "stanza.models.ner_tagger", "--mode", "train", "--cpu",
+        "--train_file", str(train_json), "--eval_file", str(valid_json),
+        "--wordvec_pretrain_file", str(pretrain), "--shorthand", "id_warta",
+        "--save_dir", str(work), "--save_name", "ner.pt",
+        "--max_steps", str(max_steps), "--seed", str(SEED), *extra,
+    ]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env=env)
+    return work / "ner.pt"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -236,32 +254,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / ".work" / "ner")
     ap.add_argument("--dim", type=int, default=100)
     ap.add_argument("--max-steps", type=int, default=8000)
+    ap.add_argument("--first-stage-steps", type=int, default=FIRST_STAGE_STEPS,
+                    help="train first on NERGrit x2 + case-restored NER-P for this many steps, then fine-tune "
+                         "on NERGrit (0: train on NERGrit only)")
     ap.add_argument("--nerp", choices=("none", "lower", "truecased"), default="none",
                     help="add NER-P to the training data, as shipped (lower-cased) or with its casing restored")
     ap.add_argument("--grit-copies", type=int, default=1, help="repeat NERGrit train this many times")
-    ap.add_argument("--augment", type=int, default=0, help="add this many mention-replaced copies of NERGrit")
+    ap.add_argument("--augment", type=int, default=AUGMENT, help="add this many mention-replaced copies of NERGrit")
     ap.add_argument("--pseudo", type=int, default=0, help="add this many nlp-id sentences tagged by --teacher")
     ap.add_argument("--teacher", type=Path, default=ROOT / "models" / "stanza" / "id" / "ner.pt")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is the setting the model was built with)")
     args, extra = ap.parse_known_args(argv)
+    if os.environ.get("PYTHONHASHSEED") != "0":  # gensim seeds each word vector with hash(word)
+        os.execve(sys.executable, [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])],
+                  dict(os.environ, PYTHONHASHSEED="0"))
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     pretrain = build_vectors(args.data, args.work, args.dim)
     print(f"vectors ready in {time.time() - t0:.0f}s", flush=True)
+    if args.first_stage_steps > 0:
+        stage1 = args.work / "stage1"
+        stage1.mkdir(exist_ok=True)
+        first = stage1 / "ner.pt"
+        if not first.exists():  # resuming an interrupted rebuild
+            train_json, valid_json = build_data(args.data, stage1, "truecased", 2, [])
+            train_stanza(stage1, train_json, valid_json, pretrain, args.first_stage_steps, args.threads, [])
+            print(f"first stage done in {time.time() - t0:.0f}s", flush=True)
+        extra = ["--finetune", "--finetune_load_name", str(first), *extra]
     pseudo = pseudo_labelled(args.teacher, pretrain, args.pseudo) if args.pseudo else []
     train_json, valid_json = build_data(args.data, args.work, args.nerp, args.grit_copies, pseudo, args.augment)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    cmd = [
-        sys.executable, "-m", "stanza.models.ner_tagger", "--mode", "train", "--cpu",
-        "--train_file", str(train_json), "--eval_file", str(valid_json),
-        "--wordvec_pretrain_file", str(pretrain), "--shorthand", "id_warta",
-        "--save_dir", str(args.work), "--save_name", "ner.pt",
-        "--max_steps", str(args.max_steps), "--seed", str(SEED), *extra,
-    ]
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env=env)
-    (args.work / "ner.pt").replace(args.out / "ner.pt")
+    model = train_stanza(args.work, train_json, valid_json, pretrain, args.max_steps, args.threads, extra)
+    model.replace(args.out / "ner.pt")
     shutil.copyfile(pretrain, args.out / "ner_pretrain.pt")
     print(f"done in {time.time() - t0:.0f}s -> {args.out}", flush=True)
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -80,12 +79,8 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
                     workers=workers, ner_batching=ner_batching, join_sinks=join_sinks)
         p = beam.Pipeline(options=options)
         build(p, plan)
-        gc.freeze()  # what exists now lives through the run: spare the collector from walking it
-        try:
-            result = p.run()
-            result.wait_until_finish()
-        finally:
-            gc.unfreeze()
+        result = p.run()
+        result.wait_until_finish()
         if hasattr(result, "client"):  # DaskRunner opens its own client: close it before the cluster goes
             result.client.close()
         stats = {"run_id": run_id, **summarize_staged(store, run_id)}
