@@ -96,7 +96,7 @@ def run(argv: list[str] | None = None) -> int:
     ns, beam_args, overrides = split_args(argv)
     logging.basicConfig(level=getattr(logging, ns.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("apache_beam", "stanza", "distributed"):
+    for noisy in ("apache_beam", "stanza", "distributed", "torch"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, ns.log_level)))
     for chatty in ("trafilatura", "htmldate", "courlan", "urllib3"):  # per-page notices; failures reach errors/ anyway
         logging.getLogger(chatty).setLevel(max(logging.ERROR, getattr(logging, ns.log_level)))
