@@ -67,20 +67,31 @@ def map_tag(tag: str) -> str:
     return f"{prefix}-{mapped}" if mapped else "O"
 
 
-def corpus_sentences(data: Path) -> list[list[str]]:
-    out: list[list[str]] = []
-    for f in sorted((data / "ner").glob("*/*.txt")):
-        out += [[t for t, _ in s] for s in read_bio(f)]
+def ud_sentences(data: Path) -> list[list[str]]:
+    """The sentences of UD Indonesian (CSUI, GSD), tokenised like NERGrit."""
+    out = []
     for f in sorted((data / "ud").glob("*.conllu")):
         for line in f.read_text(encoding="utf-8").splitlines():
             if line.startswith("# text = "):
                 out.append(TOKEN_RE.findall(line[9:]))
+    return out
+
+
+def nlp_id_sentences() -> list[list[str]]:
+    """The POS-tagged news corpus shipped in the PyPI package ``nlp-id`` (its own tokens); [] without it."""
     try:
         import nlp_id
-        postag = Path(nlp_id.__file__).parent / "data" / "dataset_postag.txt"
-        out += [[t for t, _ in s] for s in read_bio(postag)]
     except ImportError:
-        print("nlp-id not installed: vectors use the shared corpora only", file=sys.stderr)
+        print("nlp-id not installed: using the shared corpora only", file=sys.stderr)
+        return []
+    return [[t for t, _ in s] for s in read_bio(Path(nlp_id.__file__).parent / "data" / "dataset_postag.txt")]
+
+
+def corpus_sentences(data: Path) -> list[list[str]]:
+    out: list[list[str]] = []
+    for f in sorted((data / "ner").glob("*/*.txt")):
+        out += [[t for t, _ in s] for s in read_bio(f)]
+    out += ud_sentences(data) + nlp_id_sentences()
     return [[t.lower() for t in s] for s in out if s]
 
 
@@ -109,23 +120,8 @@ def build_vectors(data: Path, work: Path, dim: int) -> Path:
 
 def cased_sources(data: Path) -> list[list[str]]:
     """Cased Indonesian token sequences (NERGrit train, UD, nlp-id news); never the validation split."""
-    out = [[t for t, _ in s] for s in read_bio(data / "ner/nergrit/train.txt")]
-    for f in sorted((data / "ud").glob("*.conllu")):
-        for line in f.read_text(encoding="utf-8").splitlines():
-            if line.startswith("# text = "):
-                out.append(TOKEN_RE.findall(line[9:]))
-    postag = nlp_id_corpus()
-    if postag:
-        out += [TOKEN_RE.findall(" ".join(t for t, _ in s)) for s in read_bio(postag)]
-    return out
-
-
-def nlp_id_corpus() -> Path | None:
-    try:
-        import nlp_id
-    except ImportError:
-        return None
-    return Path(nlp_id.__file__).parent / "data" / "dataset_postag.txt"
+    out = [[t for t, _ in s] for s in read_bio(data / "ner/nergrit/train.txt")] + ud_sentences(data)
+    return out + [TOKEN_RE.findall(" ".join(s)) for s in nlp_id_sentences()]
 
 
 def casing_table(sents: list[list[str]]) -> dict[str, str]:
@@ -189,36 +185,11 @@ def mention_replaced(sents: list[list[tuple[str, str]]], copies: int, seed: int 
     return out
 
 
-def pseudo_labelled(teacher: Path, pretrain: Path, limit: int) -> list[list[tuple[str, str]]]:
-    """The nlp-id news sentences tagged by a first-stage model; sentences with at least one entity."""
-    import stanza
-    corpus = nlp_id_corpus()
-    if corpus is None or limit <= 0:
-        return []
-    sents = [TOKEN_RE.findall(" ".join(t for t, _ in s)) for s in read_bio(corpus)]
-    sents = [s for s in sents if 5 <= len(s) <= 80]
-    random.Random(SEED).shuffle(sents)
-    nlp = stanza.Pipeline("id", dir=str(ROOT / "models/stanza"), processors="tokenize,ner",
-                          tokenize_pretokenized=True, ner_model_path=str(teacher), ner_pretrain_path=str(pretrain),
-                          download_method=None, use_gpu=False, logging_level="WARN", ner_batch_size=64)
-    out = []
-    for i in range(0, len(sents), 512):
-        doc = nlp(sents[i:i + 512])
-        for s in doc.sentences:
-            tags = [t.ner for t in s.tokens]
-            if any(g != "O" for g in tags):
-                out.append([(t.text, g.replace("E-", "I-").replace("S-", "B-")) for t, g in zip(s.tokens, tags)])
-        if len(out) >= limit:
-            break
-    return out[:limit]
-
-
 def write_json(sents: list[list[tuple[str, str]]], path: Path) -> None:
     path.write_text(json.dumps([[{"text": t, "ner": map_tag(g)} for t, g in s] for s in sents], ensure_ascii=False))
 
 
-def build_data(data: Path, work: Path, nerp: str, grit_copies: int,
-               pseudo: list[list[tuple[str, str]]], augment: int = 0) -> tuple[Path, Path]:
+def build_data(data: Path, work: Path, nerp: str, grit_copies: int, augment: int = 0) -> tuple[Path, Path]:
     grit = read_bio(data / "ner/nergrit/train.txt")
     train = grit * grit_copies + mention_replaced(grit, augment)
     if nerp != "none":
@@ -227,7 +198,6 @@ def build_data(data: Path, work: Path, nerp: str, grit_copies: int,
             table = casing_table(cased_sources(data))
             extra = [truecase(s, table) for s in extra]
         train += extra
-    train += pseudo
     random.Random(SEED).shuffle(train)
     train_json, valid_json = work / "train.json", work / "valid.json"
     write_json(train, train_json)
@@ -265,8 +235,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="add NER-P to the training data, as shipped (lower-cased) or with its casing restored")
     ap.add_argument("--grit-copies", type=int, default=1, help="repeat NERGrit train this many times")
     ap.add_argument("--augment", type=int, default=AUGMENT, help="add this many mention-replaced copies of NERGrit")
-    ap.add_argument("--pseudo", type=int, default=0, help="add this many nlp-id sentences tagged by --teacher")
-    ap.add_argument("--teacher", type=Path, default=ROOT / "models" / "stanza" / "id" / "ner.pt")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is the setting the model was built with)")
     args, extra = ap.parse_known_args(argv)
     if os.environ.get("PYTHONHASHSEED") != "0":  # gensim seeds each word vector with hash(word)
@@ -282,12 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         stage1.mkdir(exist_ok=True)
         first = stage1 / "ner.pt"
         if not first.exists():  # resuming an interrupted rebuild
-            train_json, valid_json = build_data(args.data, stage1, "truecased", 2, [])
+            train_json, valid_json = build_data(args.data, stage1, "truecased", 2)
             train_stanza(stage1, train_json, valid_json, pretrain, args.first_stage_steps, args.threads, [])
             print(f"first stage done in {time.time() - t0:.0f}s", flush=True)
         extra = ["--finetune", "--finetune_load_name", str(first), *extra]
-    pseudo = pseudo_labelled(args.teacher, pretrain, args.pseudo) if args.pseudo else []
-    train_json, valid_json = build_data(args.data, args.work, args.nerp, args.grit_copies, pseudo, args.augment)
+    train_json, valid_json = build_data(args.data, args.work, args.nerp, args.grit_copies, args.augment)
     model = train_stanza(args.work, train_json, valid_json, pretrain, args.max_steps, args.threads, extra)
     model.replace(args.out / "ner.pt")
     shutil.copyfile(pretrain, args.out / "ner_pretrain.pt")

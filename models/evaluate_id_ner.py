@@ -38,12 +38,10 @@ def spans(tags: list[str]) -> set[tuple[int, int, str]]:
 
 
 def load_pipeline(model: Path, pretrain: Path, threads: int, batch: int):
-    import stanza
-    import torch
-    torch.set_num_threads(threads)
-    return stanza.Pipeline("id", dir=str(ROOT / "models/stanza"), processors="tokenize,ner",
-                           tokenize_pretokenized=True, ner_model_path=str(model), ner_pretrain_path=str(pretrain),
-                           download_method=None, use_gpu=False, logging_level="WARN", ner_batch_size=batch)
+    """The documented ``stanza.Pipeline`` over the model files (what the scores are measured with)."""
+    from transforms.ner import build_pipeline
+    return build_pipeline("id", {"ner_model_path": str(model), "ner_pretrain_path": str(pretrain),
+                                 "ner_batch_size": batch}, threads)
 
 
 def _speed_worker(args, shard, barrier, queue, lean):
