@@ -15,7 +15,7 @@ from conftest import seed_article
 from pipeline.example import wordpress_page
 from pipeline.loopback import Route
 from transforms.extract import ExtractArticles
-from transforms.fetch import FetchPages, plan_groups
+from transforms.fetch import FetchPages, one_entry_per_page, plan_groups
 from transforms.urls import host_of
 
 HTTP = HttpSettings(host_delay=0, total_timeout=3, read_timeout=2, retries=0, max_bytes=2_000_000)
@@ -93,3 +93,13 @@ def test_plan_groups_balances_pages_and_never_splits_a_host():
             assert [e["url"] for e in es] == sorted(e["url"] for e in es)
     assert plan_groups(entries, 2) == groups  # the input order does not matter
     assert len(plan_groups(entries[:3], 4)) == 1  # no empty groups
+
+
+def test_a_page_reached_several_ways_is_planned_once():
+    kabar = {**entry("http://a.id/x.html?utm_source=rss#top"), "source": "kabar", "feed_url": "http://a.id/f2"}
+    warta = {**entry("http://A.id/x.html"), "source": "warta", "feed_url": "http://a.id/f1"}
+    other = entry("http://a.id/y.html")
+    assert one_entry_per_page([warta, kabar, other]) == [kabar, other]
+    assert one_entry_per_page([kabar, warta, other]) == [kabar, other]  # the first source wins in any order
+    planned = [e for g in plan_groups([warta, kabar, other], 2) for _, es in g for e in es]
+    assert sorted(e["url"] for e in planned) == [kabar["url"], other["url"]]

@@ -96,18 +96,17 @@ class _TokenTexts:
         return [[[w, None, None] for w in s] for s in self.sents]
 
 
-def ner_tags(model, sents: list[list[str]]) -> list[list[str]]:
-    """BIOES tags for pre-tokenised sentences, with a :class:`NerModel` or a Stanza pipeline's NER."""
+def ner_tags(model: NerModel, sents: list[list[str]]) -> list[list[str]]:
+    """BIOES tags for pre-tokenised sentences."""
     import torch
     from stanza.models.ner.data import DataLoader
     from stanza.models.ner.utils import merge_tags
 
-    proc = model.processors["ner"] if hasattr(model, "processors") else model
     order = sorted(range(len(sents)), key=lambda i: len(sents[i]))  # similar lengths share a batch
     texts = _TokenTexts([sents[i] for i in order])
     per_model = []
     with torch.no_grad():
-        for trainer, config in zip(proc.trainers, proc.configs):
+        for trainer, config in zip(model.trainers, model.configs):
             loader = DataLoader(texts, config["batch_size"], config, vocab=trainer.vocab, evaluation=True,
                                 preprocess_tags=False, bert_tokenizer=trainer.model.bert_tokenizer)
             per_model.append([tags for batch in loader for tags in trainer.predict(batch)])
