@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from config.settings import DedupSettings  # noqa: E402
 from transforms.dedup import NearDuplicateIndex  # noqa: E402
-from transforms.state import index_table, load_index  # noqa: E402
-from transforms.store import Store  # noqa: E402
+from lake.state import index_table, load_index  # noqa: E402
+from lake.store import Store  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -36,7 +36,7 @@ from config.settings import HttpSettings, NerSettings  # noqa: E402
 from transforms.extract import extract_article  # noqa: E402
 from transforms.feeds import parse_feed  # noqa: E402
 from transforms.fetch import fetch_host  # noqa: E402
-from transforms.http import HttpClient  # noqa: E402
+from net.http import HttpClient  # noqa: E402
 from transforms.ner import NerModel, Tagger, build_pipeline, model_paths, ner_tags  # noqa: E402
 from transforms.segment import sentences  # noqa: E402
 from transforms.write import ARTICLE_SCHEMA, rows_table  # noqa: E402

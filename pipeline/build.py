@@ -15,8 +15,8 @@ from transforms.feeds import PollFeeds
 from transforms.fetch import FetchPages
 from transforms.ner import PreloadModels, TagEntities, model_paths
 from transforms.records import is_permanent
-from transforms.state import IndexSnapshot, error_index_row, load_index
-from transforms.store import Store
+from lake.state import IndexSnapshot, error_index_row, load_index
+from lake.store import Store
 from transforms.write import WriteDataset, WriteState
 
 

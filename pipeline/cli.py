@@ -1,4 +1,8 @@
-"""``run(argv)``: one bounded run, or a loop of them with ``--every``; the summary line; exit codes."""
+"""The ``warta`` command: subcommands (``warta run|compact|report|…``) and the run command itself.
+
+``run(argv)``: one bounded run, or a loop of them with ``--every``; the summary line; exit codes.
+``run_local.py ARGS`` and ``warta ARGS`` without a subcommand are ``warta run ARGS``.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +20,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from config.settings import ConfigError, Settings, load_feeds, load_settings
 from pipeline.build import Plan, build
-from pipeline.commit import LockedError, RunLock, commit, new_run_id, recover, summarize_staged
+from lake.commit import LockedError, RunLock, commit, new_run_id, recover, summarize_staged
 from pipeline.options import split_args
-from transforms.state import FEEDS_FILE
-from transforms.store import Store
+from lake.state import FEEDS_FILE
+from lake.store import Store
 
 log = logging.getLogger("warta")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
@@ -170,5 +174,34 @@ def run_every(interval: float, feeds, settings: Settings, output: str, beam_args
     return EXIT_OK
 
 
-def main() -> None:
-    sys.exit(run(sys.argv[1:]))
+# Subcommand -> "module:function"; the function takes the remaining argv and returns an exit status.
+# Imported only when chosen, so `warta run` never pays for another command's imports.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("pipeline.cli:run", "poll the feeds once (or --every INTERVAL) and commit to the lake"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {about}" for name, (_, about) in COMMANDS.items()]
+    return ("usage: warta COMMAND [ARGS]   (`warta ARGS` without a command is `warta run ARGS`)\n\n"
+            "commands:\n" + "\n".join(lines) + "\n\n`warta COMMAND --help` for a command's flags.")
+
+
+def dispatch(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help", "help") and len(argv) == 1:
+        print(usage())
+        return EXIT_OK
+    if not argv or argv[0].startswith("-"):
+        return run(argv)
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"warta: unknown command {name!r}\n{usage()}", file=sys.stderr)
+        return EXIT_CONFIG
+    import importlib
+    module, func = COMMANDS[name][0].split(":")
+    return getattr(importlib.import_module(module), func)(rest)
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(dispatch(sys.argv[1:] if argv is None else argv))

@@ -12,8 +12,8 @@ import pyarrow.dataset as ds
 import pytest
 
 from conftest import ROOT
-from pipeline.commit import LockedError, RunLock, commit, recover
-from transforms.store import Store
+from lake.commit import LockedError, RunLock, commit, recover
+from lake.store import Store
 from transforms.write import staging_dir
 
 pytestmark = pytest.mark.slow

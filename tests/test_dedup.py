@@ -13,8 +13,8 @@ from config.settings import DedupSettings
 from conftest import seed_article
 from transforms.dedup import Deduplicate, NearDuplicateIndex, decide_all, signature
 from transforms.extract import content_hash
-from transforms.state import IndexSnapshot, index_table, load_index
-from transforms.store import Store
+from lake.state import IndexSnapshot, index_table, load_index
+from lake.store import Store
 from transforms.urls import article_id
 
 S = DedupSettings()
@@ -110,7 +110,7 @@ def test_signature_is_stable_and_compact():
 
 
 def test_index_compaction_merges_parts_and_expires_old_signatures(tmp_path):
-    from transforms.state import compact_index
+    from lake.state import compact_index
 
     store = Store(str(tmp_path))
     sig = signature(body(), S).tobytes()

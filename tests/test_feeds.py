@@ -15,8 +15,8 @@ from config.settings import Feed, HttpSettings
 from pipeline.example import atom_feed, rss_feed
 from pipeline.loopback import Route
 from transforms.feeds import PollFeeds, feed_entries, parse_feed, poll_feed
-from transforms.http import HttpClient
-from transforms.state import key64
+from net.http import HttpClient
+from lake.state import key64
 from transforms.urls import normalize_url
 
 HTTP = HttpSettings(host_delay=0, total_timeout=3, read_timeout=2, retries=0)

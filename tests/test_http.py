@@ -1,4 +1,4 @@
-"""transforms.http: bounds, politeness and hostile responses, against the loopback server."""
+"""net.http: bounds, politeness and hostile responses, against the loopback server."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from config.settings import HttpSettings
 from pipeline.loopback import Route
-from transforms.http import FetchError, HttpClient, decode_html, is_private_host
+from net.http import FetchError, HttpClient, decode_html, is_private_host
 
 
 def client(**kw) -> HttpClient:

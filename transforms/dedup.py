@@ -18,7 +18,7 @@ from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from config.settings import DedupSettings
 from transforms.outputs import split
-from transforms.state import IndexSnapshot, key64
+from lake.state import IndexSnapshot, key64
 from transforms.urls import normalize_url
 
 INDEX = "index"

@@ -11,10 +11,10 @@ import apache_beam as beam
 import feedparser
 
 from config.settings import Feed, HttpSettings
-from transforms.http import FetchError, HttpClient
+from net.http import FetchError, HttpClient
 from transforms.outputs import split
 from transforms.records import error_row
-from transforms.state import key64
+from lake.state import key64
 from transforms.urls import normalize_url
 
 ERRORS = "errors"

@@ -18,9 +18,9 @@ from typing import Any, Iterable
 import apache_beam as beam
 
 from config.settings import HttpSettings
-from transforms import faults
+from lake import faults
 from transforms.outputs import split
-from transforms.http import HTML_TYPES, FetchError, HttpClient, decode_html
+from net.http import HTML_TYPES, FetchError, HttpClient, decode_html
 from transforms.records import error_from, error_row, utcnow
 from transforms.urls import host_of, normalize_url
 

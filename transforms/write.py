@@ -1,7 +1,7 @@
 """Stage 6 — write Parquet into the run's staging area under ``_state/pending/<run_id>/``.
 
 Nothing written here is visible to readers of ``articles/`` or ``errors/``: the driver's commit step
-(:mod:`pipeline.commit`) publishes the staged files and only then advances the run state.
+(:mod:`lake.commit`) publishes the staged files and only then advances the run state.
 File names are deterministic (one file per partition per run), so a replayed commit overwrites
 identical bytes instead of adding rows.
 """
@@ -15,8 +15,8 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 
-from transforms.state import index_table
-from transforms.store import Store
+from lake.state import index_table
+from lake.store import Store
 
 ENTITY = pa.struct([("text", pa.string()), ("label", pa.string()),
                     ("start_char", pa.int32()), ("end_char", pa.int32())])

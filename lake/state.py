@@ -4,7 +4,7 @@
   url key, canonical key, content hash, MinHash signature (kept only inside the dedup window).
 - ``_state/feeds.json`` — per feed URL: ETag, Last-Modified, last status.
 
-State files are written only by the commit step (``pipeline.commit``), after the data they describe.
+State files are written only by the commit step (``lake.commit``), after the data they describe.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pyarrow as pa
 
-from transforms.store import Store
+from lake.store import Store
 
 INDEX_DIR = "_state/index"
 FEEDS_FILE = "_state/feeds.json"

@@ -26,9 +26,9 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from transforms import faults
-from transforms.state import FEEDS_FILE, INDEX_DIR, compact_index
-from transforms.store import Store
+from lake import faults
+from lake.state import FEEDS_FILE, INDEX_DIR, compact_index
+from lake.store import Store
 from transforms.write import staging_dir
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Network plumbing: the polite, bounded HTTP client shared by the stages."""
