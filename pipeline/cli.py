@@ -189,9 +189,11 @@ def usage() -> str:
 
 
 def dispatch(argv: list[str]) -> int:
-    if argv and argv[0] in ("-h", "--help", "help") and len(argv) == 1:
+    if argv[:1] == ["help"]:
         print(usage())
         return EXIT_OK
+    if argv in (["-h"], ["--help"]):  # the command list, then the flags of the default command (run)
+        print(usage() + "\n")
     if not argv or argv[0].startswith("-"):
         return run(argv)
     name, rest = argv[0], argv[1:]
