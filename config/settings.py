@@ -52,7 +52,7 @@ class HttpSettings(Strict):
     respect_robots: bool = True
     host_delay: float = 1.0  # seconds between requests to one host (robots crawl-delay wins if larger)
     max_crawl_delay: float = 30.0  # a robots crawl-delay above this is clamped
-    fetch_threads: int = 16  # hosts fetched in parallel per worker; one connection per host at a time
+    fetch_threads: int = 64  # cap on hosts fetched (and feeds polled) at once per worker; one connection per host
     block_private_addresses: bool = False  # refuse hosts resolving to private/link-local/loopback addresses
 
 

@@ -5,7 +5,9 @@ A run's pipeline writes only into ``_state/pending/<run_id>/`` (see :mod:`transf
 1. ``COMMIT`` marker written (one atomic PUT listing the staged files) — the commit point;
 2. staged data files copied to ``articles/…`` and ``errors/…`` under deterministic names
    (each copy atomic for readers: PUT on object stores, temp file + rename locally);
-3. state advanced: index part, feed validators, run manifest ``_state/runs/<run_id>.json``;
+3. state advanced: index part, feed validators, backlog (entries not fetched within the run's budget:
+   ``_state/backlog/<run_id>.json`` added, the backlog files the run took removed), run manifest
+   ``_state/runs/<run_id>.json``;
 4. the staging folder removed.
 
 A run killed before 1 leaves only staging, which the next run deletes: nothing was visible, no state
@@ -33,6 +35,7 @@ from transforms.write import staging_dir
 
 log = logging.getLogger(__name__)
 PENDING = "_state/pending"
+BACKLOG = "_state/backlog"  # entries polled but not fetched yet: taken first by the next run
 RUNS = "_state/runs"
 LOCK = "_state/LOCK"
 
@@ -132,19 +135,33 @@ def staged_files(store: Store, run_id: str) -> list[str]:
     return [p[len(base):] for p in store.list(staging_dir(run_id)) if p.startswith(base)]
 
 
+def read_backlog(store: Store) -> tuple[list[str], list[dict[str, Any]]]:
+    """The committed backlog files and their entries (marked ``backlog``), oldest first."""
+    files = sorted(p.rsplit("/", 1)[1] for p in store.list(BACKLOG) if p.endswith(".json"))
+    entries = []
+    for name in files:
+        for e in json.loads(store.read_bytes(f"{BACKLOG}/{name}")):
+            published = e.get("feed_published_at")
+            entries.append({**e, "backlog": True,
+                            "feed_published_at": datetime.fromisoformat(published) if published else None})
+    return files, entries
+
+
 def summarize_staged(store: Store, run_id: str) -> dict[str, Any]:
     """Run counts (and the articles' languages) read back from the staged files: the same on every
     runner, metrics or not."""
     stage = staging_dir(run_id)
     c = dict.fromkeys(("feeds_polled", "feeds_unchanged", "feeds_failed", "entries_new", "pages_fetched",
                        "pages_extracted", "duplicates_exact", "duplicates_near", "entities", "articles_written",
-                       "errors_written"), 0)
+                       "errors_written", "entries_pending"), 0)
     languages: set[str] = set()
     feeds = json.loads(store.read_bytes(f"{stage}/feeds.json")) if store.exists(f"{stage}/feeds.json") else []
     c["feeds_polled"] = len(feeds)
     c["feeds_unchanged"] = sum(f["status"] == "unchanged" for f in feeds)
     c["feeds_failed"] = sum(f["status"] == "failed" for f in feeds)
     c["entries_new"] = sum(f.get("entries_new", 0) for f in feeds)
+    if store.exists(f"{stage}/backlog.json"):
+        c["entries_pending"] = len(json.loads(store.read_bytes(f"{stage}/backlog.json")))
     for rel in staged_files(store, run_id):
         if rel.startswith("articles/") and rel.endswith(".parquet"):
             t = store.read_table(f"{stage}/{rel}").select(["entities", "duplicate_of", "language"])
@@ -164,10 +181,12 @@ def summarize_staged(store: Store, run_id: str) -> dict[str, Any]:
     return {**c, "languages": sorted(languages)}
 
 
-def commit(store: Store, run_id: str, summary: dict[str, Any], window_days: int) -> dict[str, Any]:
-    """Make a finished run's staged output visible, then advance the state. Returns the manifest."""
+def commit(store: Store, run_id: str, summary: dict[str, Any], window_days: int,
+           backlog_taken: list[str] = ()) -> dict[str, Any]:
+    """Make a finished run's staged output visible, then advance the state. Returns the manifest.
+    ``backlog_taken``: the backlog files this run read (their entries were fetched or are staged again)."""
     files = [f for f in staged_files(store, run_id) if f != "COMMIT"]
-    manifest = {"run_id": run_id, "files": sorted(files), "summary": summary,
+    manifest = {"run_id": run_id, "files": sorted(files), "summary": summary, "backlog_taken": list(backlog_taken),
                 "committed_at": datetime.now(timezone.utc).isoformat()}
     faults.point("staged")
     store.write_json(f"{staging_dir(run_id)}/COMMIT", manifest)  # the commit point
@@ -187,6 +206,11 @@ def publish(store: Store, run_id: str, manifest: dict[str, Any], window_days: in
         store.copy(f"{stage}/index.parquet", f"{INDEX_DIR}/part-{run_id}.parquet")
     if store.exists(f"{stage}/feeds.json"):
         merge_feed_state(store, json.loads(store.read_bytes(f"{stage}/feeds.json")), run_id)
+    if store.exists(f"{stage}/backlog.json") and json.loads(store.read_bytes(f"{stage}/backlog.json")):
+        store.copy(f"{stage}/backlog.json", f"{BACKLOG}/{run_id}.json")
+    for name in manifest.get("backlog_taken", ()):
+        if name != f"{run_id}.json":
+            store.remove(f"{BACKLOG}/{name}")
     store.write_json(f"{RUNS}/{run_id}.json", manifest)
     store.remove(stage, recursive=True)
     compact_index(store, run_id, window_days)

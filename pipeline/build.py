@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from types import SimpleNamespace
 
 import apache_beam as beam
 
 from config.settings import Feed, Settings
+from pipeline.progress import count
 from transforms.dedup import Deduplicate
 from transforms.extract import ExtractArticles
 from transforms.feeds import PollFeeds
@@ -50,6 +52,9 @@ class Plan:
     workers: int = 1  # host groups fetched in parallel (one per worker process)
     ner_batching: str = "bundle"  # "shuffle" on runners that drop finish_bundle output (Dask)
     join_sinks: bool = False  # end in one step fed by every sink (runners that only run the last step's graph)
+    backlog: list[dict] = field(default_factory=list)  # entries an earlier run did not fetch: taken first
+    deadline: float | None = None  # epoch seconds: no page fetch starts after it
+    progress_dir: str | None = None  # local directory the workers count progress into (pipeline.progress)
 
     @property
     def preload(self) -> tuple[str, ...]:
@@ -68,7 +73,7 @@ class Plan:
         return {lang: model_paths(lang, self.settings.ner) for lang in sorted(langs)}
 
 
-def build(p: beam.Pipeline, plan: Plan) -> None:
+def build(p: beam.Pipeline, plan: Plan) -> tuple:
     s = plan.settings
     paths = plan.ner_paths()
     polled = (
@@ -78,28 +83,44 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
         | "PollFeeds" >> PollFeeds(s.http, plan.validators, s.max_items_per_feed,
                                   partial(load_seen, plan.store, s.dedup.window_days, plan.run_id))
     )
-    pages = polled.entries | "FetchPages" >> FetchPages(s.http, groups=plan.workers)
-    # Fetch -> Extract -> Tag run fused in each worker, with no shuffle between them: tagging starts
-    # with the first pages while the rest are still arriving. Deduplication needs every article of the
-    # run in one place, so it comes after (exact duplicates are rare by then: URLs are deduplicated above).
-    extracted = pages.pages | "ExtractArticles" >> ExtractArticles(s.min_text_chars)
-    tagged = extracted.articles | "TagEntities" >> TagEntities(s.ner, paths, plan.ner_batching, plan.preload)
-    deduped = tagged.articles | "Deduplicate" >> Deduplicate(
-        s.dedup, partial(load_snapshot, plan.store, s.dedup.window_days, plan.run_id))
-
-    written = [deduped.articles | "WriteArticles" >> WriteDataset(plan.store, plan.run_id, "articles")]
-    errors = (polled.errors, pages.errors, extracted.errors, tagged.errors) | "AllErrors" >> beam.Flatten()
-    written.append(errors | "WriteErrors" >> WriteDataset(plan.store, plan.run_id, "errors"))
+    entries = (polled.entries, p | "ListBacklog" >> beam.Create(plan.backlog)) | "WithBacklog" >> beam.Flatten()
+    done = process_entries(entries, plan, paths)
+    errors = (polled.errors, done.errors) | "AllErrors" >> beam.Flatten()
+    written = [*done.written, errors | "WriteErrors" >> WriteDataset(plan.store, plan.run_id, "errors")]
     remembered = (
         errors
         | "PermanentFailures" >> beam.Filter(is_permanent)
         | "FailureIndexRows" >> beam.Map(error_index_row)
     )
-    written.append((deduped.index, remembered) | "AllIndexRows" >> beam.Flatten() | "WriteIndex" >> WriteState(
+    written.append((done.index, remembered) | "AllIndexRows" >> beam.Flatten() | "WriteIndex" >> WriteState(
         plan.store, plan.run_id, "index"))
-    written.append(polled.feed_state | "WriteFeedState" >> WriteState(plan.store, plan.run_id, "feeds"))
+    written.append(polled.feed_state | "CountFeeds" >> beam.Map(count, plan.progress_dir, "feeds")
+                   | "WriteFeedState" >> WriteState(plan.store, plan.run_id, "feeds"))
     if plan.join_sinks:
         # One last step that depends on every sink: runners that execute only the final transform's
         # graph (Beam's DaskRunner does) still run all branches.
         return tuple(written) | "AllWrites" >> beam.Flatten() | "Finish" >> beam.combiners.Count.Globally()
     return tuple(written)
+
+
+def process_entries(entries, plan: Plan, paths: dict) -> SimpleNamespace:
+    """Entries -> fetch -> extract -> tag -> dedup -> staged articles and backlog. Returns ``errors`` and
+    ``index`` rows (the caller writes them with its own) and ``written`` (the sinks' outputs)."""
+    s = plan.settings
+    pages = (entries | "CountEntries" >> beam.Map(count, plan.progress_dir, "entries")
+             | "FetchPages" >> FetchPages(s.http, groups=plan.workers, deadline=plan.deadline))
+    # Fetch -> Extract -> Tag run fused in each worker, with no shuffle between them: tagging starts
+    # with the first pages while the rest are still arriving. Deduplication needs every article of the
+    # run in one place, so it comes after (exact duplicates are rare by then: URLs are deduplicated above).
+    fetched = pages.pages | "CountFetched" >> beam.Map(count, plan.progress_dir, "fetched")
+    fetch_errors = pages.errors | "CountFetchErrors" >> beam.Map(count, plan.progress_dir, "fetched")
+    extracted = fetched | "ExtractArticles" >> ExtractArticles(s.min_text_chars)
+    tagged = extracted.articles | "TagEntities" >> TagEntities(s.ner, paths, plan.ner_batching, plan.preload)
+    deduped = (tagged.articles | "CountTagged" >> beam.Map(count, plan.progress_dir, "tagged")
+               | "Deduplicate" >> Deduplicate(s.dedup, partial(load_snapshot, plan.store, s.dedup.window_days,
+                                                              plan.run_id)))
+    errors = (fetch_errors, extracted.errors, tagged.errors) | "PageErrors" >> beam.Flatten()
+    backlog = (pages.backlog | "CountDeferred" >> beam.Map(count, plan.progress_dir, "deferred")
+               | "WriteBacklog" >> WriteState(plan.store, plan.run_id, "backlog"))
+    articles = deduped.articles | "WriteArticles" >> WriteDataset(plan.store, plan.run_id, "articles")
+    return SimpleNamespace(errors=errors, index=deduped.index, written=[articles, backlog])

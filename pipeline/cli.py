@@ -6,8 +6,8 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -15,23 +15,43 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+logging.getLogger().setLevel(logging.ERROR)  # Beam's import-time warnings (apitools); run() sets up logging
 
-from config.settings import ConfigError, Settings, load_feeds, load_settings
-from pipeline.build import Plan, build
-from lake.commit import LockedError, RunLock, commit, new_run_id, recover, summarize_staged
-from pipeline.options import split_args
-from lake.state import FEEDS_FILE
-from lake.store import Store
+import apache_beam as beam  # noqa: E402
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions  # noqa: E402
+
+from config.settings import ConfigError, Settings, load_feeds, load_settings  # noqa: E402
+from pipeline.build import Plan, build  # noqa: E402
+from pipeline.progress import OUR_LOGGERS, ProgressLine, QuietFilter  # noqa: E402
+from lake.commit import (LockedError, RunLock, commit, new_run_id, read_backlog, recover,  # noqa: E402
+                         summarize_staged)
+from pipeline.worker import QuietDirectRunner  # noqa: E402
+from pipeline.options import UsageError, split_args, usable_cpus  # noqa: E402
+from lake.state import FEEDS_FILE  # noqa: E402
+from lake.store import Store  # noqa: E402
 
 log = logging.getLogger("warta")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
-def beam_options(beam_args: list[str], runner: str | None, dask_address: str | None) -> PipelineOptions:
+DEFAULT_RUN_TIME = 15 * 60.0  # seconds: the budget of a one-shot run (with --every: the interval)
+
+
+def beam_options(beam_args: list[str], runner: str | None, dask_address: str | None,
+                 workers: int | None = None, quiet: bool = False) -> PipelineOptions:
+    """Beam's options; on the DirectRunner, ``workers`` > 1 worker processes unless Beam's own flags say
+    otherwise. ``quiet``: worker processes log only errors, and our own messages."""
     args = list(beam_args)
+    if quiet and not any(a.startswith("--default_sdk_harness_log_level") for a in beam_args):
+        level = logging.getLevelName(log.getEffectiveLevel())
+        args += ["--default_sdk_harness_log_level", "ERROR",
+                 "--sdk_harness_log_level_overrides", json.dumps(dict.fromkeys(OUR_LOGGERS, level))]
     name = (runner or "direct").lower()
     if name == "direct":
         args += ["--runner", "DirectRunner"]
+        given = PipelineOptions(beam_args).view_as(DirectOptions)
+        if workers and workers > 1 and not any(a.startswith("--direct_") for a in beam_args):
+            args += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
+        elif given.direct_num_workers == 0:  # Beam's "as many as CPUs" (it would count all of the host's)
+            args += ["--direct_num_workers", str(usable_cpus())]
     elif name == "dask":
         args += ["--runner", "apache_beam.runners.dask.dask_runner.DaskRunner"]
         if dask_address:
@@ -45,10 +65,7 @@ def parallel_layout(options: PipelineOptions, runner: str | None, settings: Sett
     """(host groups to spread the work over, NER batching, join the sinks) for this runner."""
     name = (runner or "direct").lower()
     if name == "direct":
-        from apache_beam.options.pipeline_options import DirectOptions
         workers = options.view_as(DirectOptions).direct_num_workers or 1
-        if workers <= 0:
-            workers = os.cpu_count() or 1
     else:
         workers = 2 if name == "dask" else 8
     # Beam's DaskRunner drops elements emitted from finish_bundle (batch through a shuffle there) and
@@ -57,9 +74,21 @@ def parallel_layout(options: PipelineOptions, runner: str | None, settings: Sett
     return settings.parallelism or workers, "shuffle" if name == "dask" else "bundle", name != "direct"
 
 
+def sized_to_machine(settings: Settings, options: PipelineOptions, runner: str | None) -> Settings:
+    """Torch threads per worker = CPUs // worker processes (never more busy threads than cores), unless
+    ``ner.threads`` is set. Worker processes are those of the DirectRunner's multi_processing mode."""
+    if settings.ner.threads or (runner or "direct").lower() != "direct":
+        return settings
+    direct = options.view_as(DirectOptions)
+    procs = (direct.direct_num_workers or 1) if direct.direct_running_mode == "multi_processing" else 1
+    threads = max(1, usable_cpus() // procs)
+    return settings.model_copy(update={"ner": settings.ner.model_copy(update={"threads": threads})})
+
+
 def summary_line(c: dict[str, Any], seconds: float) -> str:
     line = (f"warta run {c.get('run_id', '')}: feeds polled={c['feeds_polled']} unchanged={c['feeds_unchanged']} "
-            f"failed={c['feeds_failed']} | entries new={c['entries_new']} | pages fetched={c['pages_fetched']} "
+            f"failed={c['feeds_failed']} | entries new={c['entries_new']} from backlog={c.get('entries_backlog', 0)} "
+            f"left pending={c.get('entries_pending', 0)} | pages fetched={c['pages_fetched']} "
             f"extracted={c['pages_extracted']} | duplicates exact={c['duplicates_exact']} near={c['duplicates_near']} "
             f"| entities={c['entities']} | rows written={c['articles_written']} "
             f"| errors={c['errors_written']} | {seconds:.1f}s")
@@ -69,41 +98,61 @@ def summary_line(c: dict[str, Any], seconds: float) -> str:
 
 
 def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runner: str | None = None,
-             dask_address: str | None = None) -> dict[str, Any]:
-    """Poll, process, commit. Raises LockedError when another run holds the output."""
+             dask_address: str | None = None, workers: int | None = None,
+             max_run_time: float = DEFAULT_RUN_TIME, verbose: bool = False) -> dict[str, Any]:
+    """Poll, process, commit. Raises LockedError when another run holds the output.
+
+    Past ``max_run_time`` seconds no new page fetch starts; entries not fetched wait in the backlog."""
     t0 = time.monotonic()
+    deadline = time.time() + max_run_time
     store = Store(output, settings.storage_options)
     run_id = new_run_id()
     with RunLock(store, run_id, ttl=settings.lock_ttl):
         recover(store, settings.dedup.window_days)
-        options = beam_options(beam_args, runner, dask_address)
-        workers, ner_batching, join_sinks = parallel_layout(options, runner, settings)
-        plan = Plan(feeds=feeds, settings=settings, store=store, run_id=run_id,
-                    validators=store.read_json(FEEDS_FILE, default={}) or {},
-                    workers=workers, ner_batching=ner_batching, join_sinks=join_sinks)
-        p = beam.Pipeline(options=options)
-        build(p, plan)
-        result = p.run()
-        result.wait_until_finish()
-        if hasattr(result, "client"):  # DaskRunner opens its own client: close it before the cluster goes
-            result.client.close()
-        stats = {"run_id": run_id, **summarize_staged(store, run_id)}
+        taken, backlog = read_backlog(store)
+        options = beam_options(beam_args, runner, dask_address, workers, quiet=not verbose)
+        settings = sized_to_machine(settings, options, runner)
+        groups, ner_batching, join_sinks = parallel_layout(options, runner, settings)
+        with ProgressLine(len(feeds), deadline) as progress:
+            plan = Plan(feeds=feeds, settings=settings, store=store, run_id=run_id,
+                        validators=store.read_json(FEEDS_FILE, default={}) or {},
+                        workers=groups, ner_batching=ner_batching, join_sinks=join_sinks,
+                        backlog=backlog, deadline=deadline, progress_dir=progress.directory)
+            quiet_direct = not verbose and (runner or "direct").lower() == "direct"
+            p = beam.Pipeline(runner=QuietDirectRunner() if quiet_direct else None, options=options)
+            build(p, plan)
+            result = p.run()
+            result.wait_until_finish()
+            if hasattr(result, "client"):  # DaskRunner opens its own client: close it before the cluster goes
+                result.client.close()
+        stats = {"run_id": run_id, **summarize_staged(store, run_id), "entries_backlog": len(backlog)}
         paths = plan.ner_paths()
         stats["no_model"] = [lang for lang in stats.pop("languages") if not paths.get(lang)] if settings.ner.enabled else []
         stats["seconds"] = round(time.monotonic() - t0, 2)
-        commit(store, run_id, stats, settings.dedup.window_days)
+        commit(store, run_id, stats, settings.dedup.window_days, backlog_taken=taken)
     log.info(summary_line(stats, stats["seconds"]))
     return stats
 
 
-def run(argv: list[str] | None = None) -> int:
-    ns, beam_args, overrides = split_args(argv)
-    logging.basicConfig(level=getattr(logging, ns.log_level), stream=sys.stderr,
+def setup_logging(level: str, verbose: bool) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("apache_beam", "stanza", "distributed", "torch"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, ns.log_level)))
-    for chatty in ("trafilatura", "htmldate", "courlan", "urllib3"):  # per-page notices; failures reach errors/ anyway
-        logging.getLogger(chatty).setLevel(max(logging.ERROR, getattr(logging, ns.log_level)))
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(QuietFilter())
+
+
+def run(argv: list[str] | None = None) -> int:
+    try:
+        ns, beam_args, overrides = split_args(argv)
+    except UsageError as e:
+        print(f"warta: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(ns.log_level, ns.verbose)
+    if ns.workers is not None and ns.workers < 1:
+        print("warta: --workers must be at least 1", file=sys.stderr)
+        return EXIT_CONFIG
+    workers = ns.workers or usable_cpus()
     with ExitStack() as stack:
         try:
             if ns.example:
@@ -128,8 +177,10 @@ def run(argv: list[str] | None = None) -> int:
             dask_address = stack.enter_context(local_dask_cluster())
         try:
             if ns.every:
-                return run_every(ns.every, feeds, settings, ns.output, beam_args, ns.runner, dask_address)
-            run_once(feeds, settings, ns.output, beam_args, ns.runner, dask_address)
+                return run_every(ns.every, feeds, settings, ns.output, beam_args, ns.runner, dask_address,
+                                 workers, ns.max_run_time or ns.every, ns.verbose)
+            run_once(feeds, settings, ns.output, beam_args, ns.runner, dask_address, workers,
+                     ns.max_run_time or DEFAULT_RUN_TIME, ns.verbose)
         except LockedError as e:
             print(f"warta: {e}", file=sys.stderr)
             return EXIT_LOCKED
@@ -149,7 +200,8 @@ class local_dask_cluster:
 
 
 def run_every(interval: float, feeds, settings: Settings, output: str, beam_args: list[str],
-              runner: str | None, dask_address: str | None) -> int:
+              runner: str | None, dask_address: str | None, workers: int | None, max_run_time: float,
+              verbose: bool = False) -> int:
     """Bounded runs in one long-lived process until SIGINT/SIGTERM; the poll in flight is finished."""
     stop = threading.Event()
 
@@ -162,7 +214,7 @@ def run_every(interval: float, feeds, settings: Settings, output: str, beam_args
         while not stop.is_set():
             started = time.monotonic()
             try:
-                run_once(feeds, settings, output, beam_args, runner, dask_address)
+                run_once(feeds, settings, output, beam_args, runner, dask_address, workers, max_run_time, verbose)
             except LockedError as e:
                 log.warning("skipping this poll: %s", e)
             except Exception:

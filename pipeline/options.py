@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ Settings file (--config, YAML; every key optional, flags override it):
     max_bytes: 5000000        max_feed_bytes: 10000000                    # decoded body caps
     max_redirects: 5          retries: 2             backoff: 0.5
     respect_robots: true      host_delay: 1.0        max_crawl_delay: 30
-    fetch_threads: 16         block_private_addresses: false
+    fetch_threads: 64         block_private_addresses: false
   ner:
     enabled: true             batch_size: 32         threads: null
     model_dir: null           # <dir>/<lang>/ner.pt (+ ner_pretrain.pt) for languages other than id
@@ -28,7 +30,9 @@ Settings file (--config, YAML; every key optional, flags override it):
   min_text_chars: 200         lock_ttl: 3600
   storage_options: {}         # passed to fsspec (e.g. {endpoint_url: ..., key: ..., secret: ...})
 
-Any other flag is a Beam pipeline option (e.g. --direct_num_workers 2, --runner FlinkRunner).
+Beam pipeline options known to Beam (e.g. --runner FlinkRunner, --direct_num_workers 2) are passed to
+Beam; anything after a bare `--` goes to Beam unchecked (options of runners not installed here).
+Any other argument is an error (exit 2): a mistyped flag never runs with the defaults.
 Exit status: 0 run completed (failed feeds/pages are rows in errors/), 2 misconfiguration,
 3 the output is locked by another run, 1 unexpected failure (nothing committed; rerun).
 """
@@ -56,6 +60,13 @@ def parser() -> argparse.ArgumentParser:
                          "(output defaults to ./data-example)")
     ap.add_argument("--every", type=parse_duration, metavar="INTERVAL",
                     help="keep polling at this interval (e.g. 90s, 15m, 1h) until SIGINT/SIGTERM")
+    ap.add_argument("--workers", type=int, metavar="N",
+                    help="worker processes on the DirectRunner (default: the CPUs this process may use); "
+                         "1 = one in-process worker (with --every, models stay loaded between polls)")
+    ap.add_argument("--max-run-time", type=parse_duration, metavar="DURATION",
+                    help="run budget (e.g. 90s, 15m, 1h; default 15m, with --every the interval): past it no "
+                         "new page fetch starts, what was fetched is committed, the rest waits in _state/backlog/ "
+                         "for the next run")
     ap.add_argument("--runner", default=None, help="direct (default), dask, or any Beam runner name")
     ap.add_argument("--dask-address", help="tcp://HOST:PORT of a dask scheduler (default: start a local cluster)")
     g = ap.add_argument_group("setting overrides")
@@ -72,12 +83,54 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--near-threshold", dest="dedup.near_threshold", type=float)
     g.add_argument("--window-days", dest="dedup.window_days", type=int)
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    ap.add_argument("--verbose", action="store_true", help="show Beam's and the libraries' own log messages")
     return ap
 
 
+def beam_parser() -> argparse.ArgumentParser:
+    """Every option of Beam's PipelineOptions classes (as Beam itself collects them)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+    ap = _BeamArgumentParser(allow_abbrev=False, add_help=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(ap)  # noqa: SLF001 (Beam's own way of listing its options)
+    return ap
+
+
+class UsageError(ValueError):
+    """Arguments that are neither ours nor Beam's."""
+
+
 def split_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], dict[str, Any]]:
-    """Our namespace, the leftover Beam arguments, and the dotted setting overrides given as flags."""
+    """Our namespace, the Beam arguments, and the dotted setting overrides given as flags.
+
+    Raises UsageError naming the arguments that neither we nor Beam know (everything after ``--`` is
+    passed to Beam unchecked)."""
+    argv = list(argv or [])
+    unchecked: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, unchecked = argv[:cut], argv[cut + 1:]
     ns, beam_args = parser().parse_known_args(argv)
+    _, unknown = beam_parser().parse_known_args(beam_args)
+    if unknown:
+        raise UsageError(f"unknown argument{'s' if len(unknown) > 1 else ''}: {' '.join(unknown)} "
+                         "(`--help` lists the flags; put options of other Beam runners after `--`)")
+    beam_args += unchecked
     overrides = {k: v for k, v in vars(ns).items() if "." in k or k == "max_items_per_feed"}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return ns, beam_args, overrides
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (``cpu.max``)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)

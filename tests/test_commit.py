@@ -24,7 +24,7 @@ COMPARE = ["article_id", "url", "canonical_url", "source", "title", "published_a
 def cli(feeds, out, config, env_extra=None, wait=True):
     env = {**os.environ, **(env_extra or {})}
     args = [sys.executable, str(ROOT / "run_local.py"), "--feeds", str(feeds), "--output", str(out),
-            "--config", str(config), "--no-ner"]
+            "--config", str(config), "--no-ner", "--workers", "1"]  # in-process: a kill point kills the run
     if not wait:
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

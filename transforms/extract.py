@@ -7,6 +7,7 @@ meta published time with its time zone), with the feed's values preferred where 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -18,7 +19,7 @@ from urllib.parse import urljoin
 import apache_beam as beam
 import htmldate
 import lxml.html
-import py3langid
+from py3langid.langid import MODEL_FILE, LanguageIdentifier
 import trafilatura
 from trafilatura.meta import reset_caches
 from dateutil import parser as dateparser
@@ -197,11 +198,29 @@ def read_meta(tree, base_url: str) -> PageMeta:
     )
 
 
-def detect_language(text: str) -> str | None:
-    if not text.strip():
+CLOSE_LANGUAGES = ({"id", "ms"},)  # the detector splits its confidence between these
+
+
+@functools.lru_cache(maxsize=1)
+def _language_identifier() -> LanguageIdentifier:
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def detect_language(text: str, hint: str | None = None, min_prob: float = 0.9) -> str | None:
+    """The text's language when the detector is confident (probability ``min_prob``), else None. Between
+    close languages (Indonesian/Malay) the text is confidently one of them, and ``hint`` (what the page
+    or feed declares) picks which when it is one of them."""
+    if len(text.strip()) < 20:
         return None
-    lang, _ = py3langid.classify(text[:3000])
-    return lang
+    ranked = _language_identifier().rank(text[:3000])
+    top, prob = ranked[0]
+    if prob >= min_prob:
+        return top
+    probs = dict(ranked)
+    for group in CLOSE_LANGUAGES:
+        if top in group and sum(probs.get(lang, 0.0) for lang in group) >= min_prob:
+            return hint if hint in group else top
+    return None
 
 
 def drop_leading_title(text: str, titles: list[str | None]) -> str:
@@ -274,7 +293,9 @@ def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict
         "authors": authors,
         "published_at": published,
         "fetched_at": fetched_at,
-        "language": page.get("language") or detect_language(text) or meta.language,
+        # the feeds file's word > the text (when sure) > the page's <html lang> > the feed channel's <language>
+        "language": page.get("language") or detect_language(text, meta.language or page.get("channel_language"))
+                    or meta.language or page.get("channel_language"),
         "text": text,
         "content_hash": content_hash(text),
         "image_url": meta.image,

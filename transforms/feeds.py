@@ -1,8 +1,13 @@
-"""Stage 1 — poll feeds: conditional GET through our HTTP client, parse with feedparser, keep new entries."""
+"""Stage 1 — poll feeds: conditional GET through our HTTP client, parse with feedparser, keep new entries.
+
+Feeds are polled concurrently, one thread per host (at most ``fetch_threads``), a host's feeds one
+after another: one request at a time per host.
+"""
 
 from __future__ import annotations
 
 import calendar
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -15,7 +20,7 @@ from net.http import FetchError, HttpClient
 from transforms.outputs import split
 from transforms.records import error_row
 from lake.state import key64
-from transforms.urls import normalize_url
+from transforms.urls import host_of, normalize_url
 
 ERRORS = "errors"
 FEED_STATE = "feed_state"
@@ -51,7 +56,7 @@ def parse_feed(body: bytes, url: str, content_type: str = "") -> feedparser.Feed
 
 def feed_entries(parsed: feedparser.FeedParserDict, feed: Feed) -> Iterable[dict[str, Any] | dict[str, str]]:
     """Entries as pipeline elements; an unusable link yields ``{'error': ..., 'url': ...}`` instead."""
-    language = feed.language or (parsed.feed.get("language") or "").split("-")[0].lower() or None
+    channel = (parsed.feed.get("language") or "").split("-")[0].lower()
     for e in parsed.entries:
         link = (e.get("link") or e.get("id") or "").strip()
         if not link:
@@ -67,7 +72,8 @@ def feed_entries(parsed: feedparser.FeedParserDict, feed: Feed) -> Iterable[dict
             "url": link,
             "feed_url": feed.url,
             "source": feed.name,
-            "language": language if language and len(language) == 2 else None,
+            "language": feed.language,  # the feeds file's word; else detected from the text (extract)
+            "channel_language": channel if len(channel) == 2 else None,  # the feed's <language>: last resort
             "feed_title": e.get("title"),
             "feed_authors": authors,
             "feed_published_at": _utc(e.get("published_parsed") or e.get("updated_parsed")),
@@ -144,17 +150,25 @@ class _PollFeedsFn(beam.DoFn):
     def teardown(self):
         self.client.close()
 
-    def process(self, feed: Feed):
-        res = poll_feed(feed, self.client, self.validators.get(feed.url), self.seen, self.max_items)
-        self.polled.inc()
-        self.unchanged.inc(res.state["status"] == "unchanged")
-        self.failed.inc(res.state["status"] == "failed")
-        self.new.inc(len(res.entries))
-        for entry in res.entries:
-            yield "entries", entry
-        for err in res.errors:
-            yield ERRORS, err
-        yield FEED_STATE, res.state
+    def poll_host(self, feeds: list[Feed]) -> list[PollResult]:
+        return [poll_feed(f, self.client, self.validators.get(f.url), self.seen, self.max_items) for f in feeds]
+
+    def process(self, feeds: list[Feed]):
+        by_host: dict[str, list[Feed]] = {}
+        for feed in feeds:
+            by_host.setdefault(host_of(feed.url), []).append(feed)
+        with ThreadPoolExecutor(max(1, min(len(by_host), self.http.fetch_threads)), "poll") as pool:
+            for done in as_completed([pool.submit(self.poll_host, fs) for fs in by_host.values()]):
+                for res in done.result():
+                    self.polled.inc()
+                    self.unchanged.inc(res.state["status"] == "unchanged")
+                    self.failed.inc(res.state["status"] == "failed")
+                    self.new.inc(len(res.entries))
+                    for entry in res.entries:
+                        yield "entries", entry
+                    for err in res.errors:
+                        yield ERRORS, err
+                    yield FEED_STATE, res.state
 
 
 @dataclass(eq=False)
@@ -170,6 +184,6 @@ class PollFeeds(beam.PTransform):
         super().__init__()
 
     def expand(self, feeds):
-        tagged = feeds | "Poll" >> beam.ParDo(
+        tagged = feeds | "AllFeeds" >> beam.combiners.ToList() | "Poll" >> beam.ParDo(
             _PollFeedsFn(self.http, self.validators, self.max_items, self.seen_loader))
         return split(tagged, ["entries", ERRORS, FEED_STATE])

@@ -5,12 +5,17 @@ while the hosts of a group are fetched in parallel threads: parallel across host
 Hosts are packed into ``groups`` groups of about the same number of pages (one per worker), and each
 page is passed downstream as soon as it arrives, so the stages fused after this one (extraction,
 NER) work while the remaining pages are still being fetched.
+
+A run has a budget (``deadline``): a host takes only the pages that fit in what is left of it at its
+pace, and past the deadline no new fetch starts; the entries not fetched come out as ``backlog``
+(kept for the next run, entries that waited there first).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -25,6 +30,7 @@ from transforms.records import error_from, error_row, utcnow
 from transforms.urls import host_of, normalize_url
 
 ERRORS = "errors"
+BACKLOG = "backlog"
 
 
 def fetch_page(entry: dict[str, Any], client: HttpClient) -> dict[str, Any]:
@@ -61,9 +67,27 @@ def one_entry_per_page(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]
     kept: dict[str, dict[str, Any]] = {}
     for e in entries:
         key = normalize_url(e["url"])
-        if key not in kept or (e["source"], e["feed_url"]) < (kept[key]["source"], kept[key]["feed_url"]):
+        first = kept.get(key)
+        if first is None or (e["source"], e["feed_url"]) < (first["source"], first["feed_url"]):
             kept[key] = e
+        if first is not None and (e.get("backlog") or first.get("backlog")):
+            kept[key] = {**kept[key], "backlog": True}  # waited in the backlog: still fetched first
     return list(kept.values())
+
+
+def fetch_order(entry: dict[str, Any]) -> tuple[bool, str]:
+    """A host's pages in order: those waiting from an earlier run first, then by URL."""
+    return not entry.get("backlog"), entry["url"]
+
+
+def pages_within(deadline: float | None, delay: float) -> float:
+    """How many pages of one host can start before ``deadline`` (epoch seconds) at one per ``delay``."""
+    if deadline is None:
+        return float("inf")
+    left = deadline - time.time()
+    if left <= 0:
+        return 0
+    return float("inf") if delay <= 0 else 1 + int(left / delay)
 
 
 def plan_groups(entries: Iterable[dict[str, Any]], groups: int) -> list[list[tuple[str, list[dict[str, Any]]]]]:
@@ -77,29 +101,31 @@ def plan_groups(entries: Iterable[dict[str, Any]], groups: int) -> list[list[tup
     load = [0] * len(bins)
     for host, host_entries in sorted(by_host.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         i = min(range(len(bins)), key=lambda j: (load[j], j))
-        bins[i].append((host, sorted(host_entries, key=lambda e: e["url"])))
+        bins[i].append((host, sorted(host_entries, key=fetch_order)))
         load[i] += len(host_entries)
     return [b for b in bins if b]
 
 
 class _FetchHostsFn(beam.DoFn):
-    def __init__(self, http: HttpSettings):
-        self.http = http
+    def __init__(self, http: HttpSettings, deadline: float | None):
+        self.http, self.deadline = http, deadline
         self.fetched = beam.metrics.Metrics.counter("warta", "pages_fetched")
         self.failed = beam.metrics.Metrics.counter("warta", "pages_failed")
+        self.deferred = beam.metrics.Metrics.counter("warta", "pages_deferred")
 
     def setup(self):
         self.client = HttpClient(self.http)
-        self.pool = ThreadPoolExecutor(max_workers=max(1, self.http.fetch_threads), thread_name_prefix="fetch")
 
     def teardown(self):
-        self.pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
     def process(self, host_groups: list[tuple[str, list[dict]]]):
+        # One thread per host (politeness is per host), at most fetch_threads open connections.
+        threads = max(1, min(len(host_groups), self.http.fetch_threads))
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fetch")
         # Bounded: when the stages downstream (NER) are slower than the network, fetching waits
         # instead of holding every page of the group in memory.
-        arrived: queue.Queue = queue.Queue(maxsize=4 * max(1, self.http.fetch_threads))
+        arrived: queue.Queue = queue.Queue(maxsize=4 * threads)
         stop = threading.Event()
 
         def put(item) -> None:
@@ -112,15 +138,17 @@ class _FetchHostsFn(beam.DoFn):
 
         def fetch_into_queue(entries) -> None:
             try:
-                for entry in entries:
+                fits = pages_within(self.deadline, self.client.crawl_delay(entries[0]["url"]))
+                for i, entry in enumerate(entries):
                     if stop.is_set():
                         return
-                    put(fetch_one(entry, self.client))
+                    late = i >= fits or (self.deadline is not None and time.time() >= self.deadline)
+                    put(("backlog", entry) if late else fetch_one(entry, self.client))
             finally:
                 put(None)  # this host is done
 
         for _, entries in host_groups:
-            self.pool.submit(fetch_into_queue, entries)
+            pool.submit(fetch_into_queue, entries)
         running = len(host_groups)
         try:
             while running:
@@ -132,19 +160,25 @@ class _FetchHostsFn(beam.DoFn):
                 if kind == "page":
                     self.fetched.inc()
                     yield "pages", row
+                elif kind == "backlog":
+                    self.deferred.inc()
+                    yield BACKLOG, row
                 else:
                     self.failed.inc()
                     yield ERRORS, row
         finally:
             stop.set()  # the bundle failed downstream: let the fetching threads go
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass(eq=False)
 class FetchPages(beam.PTransform):
-    """Entries in; fetched pages out (main) and ``errors``. Each page is fetched once."""
+    """Entries in; fetched pages out (main), ``errors``, and the ``backlog`` of entries not fetched
+    within the budget. Each page is fetched once."""
 
     http: HttpSettings
     groups: int = 1  # host groups, fetched in parallel by as many workers (one group per worker is best)
+    deadline: float | None = None  # epoch seconds after which no fetch starts (None: no budget)
 
     def __post_init__(self):
         super().__init__()
@@ -158,6 +192,6 @@ class FetchPages(beam.PTransform):
             | "PlanGroups" >> beam.FlatMap(lambda kv: enumerate(plan_groups(kv[1], groups)))
             | "SpreadGroups" >> beam.GroupByKey()  # runners spread the keys over their workers
             | "Groups" >> beam.FlatMap(lambda kv: kv[1])
-            | "Fetch" >> beam.ParDo(_FetchHostsFn(self.http))
+            | "Fetch" >> beam.ParDo(_FetchHostsFn(self.http, self.deadline))
         )
-        return split(tagged, ["pages", ERRORS])
+        return split(tagged, ["pages", ERRORS, BACKLOG])

@@ -98,19 +98,26 @@ def _write_feed_state(states, store: Store, run_id: str):
     return len(states)
 
 
+def _write_backlog(entries, store: Store, run_id: str):
+    """Entries left for the next run (not fetched within this run's budget)."""
+    store.write_bytes(f"{staging_dir(run_id)}/backlog.json",
+                      json.dumps(sorted(entries, key=lambda e: e["url"]), default=str).encode())
+    return len(entries)
+
+
 @dataclass(eq=False)
 class WriteState(beam.PTransform):
-    """Stage the run's state delta (index rows or feed states) as one file."""
+    """Stage the run's state delta (index rows, feed states or the backlog) as one file."""
 
     store: Store
     run_id: str
-    kind: str  # "index" or "feeds"
+    kind: str  # "index", "feeds" or "backlog"
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, rows):
-        fn = _write_index if self.kind == "index" else _write_feed_state
+        fn = {"index": _write_index, "feeds": _write_feed_state, "backlog": _write_backlog}[self.kind]
         store, run_id = self.store, self.run_id
         return (
             rows

@@ -1,0 +1,148 @@
+"""What a run shows on the console: our messages (Beam's and the libraries' chatter filtered), and
+progress you can watch. Workers count what passes a few points of the graph into small files in a
+local directory (one JSON file per worker process); the driver sums them into one line every few seconds.
+
+Runner-agnostic and best effort: on workers that cannot see the driver's directory (a remote cluster) the
+counts are simply not written, and the line shows only the elapsed time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+OUR_LOGGERS = ("warta", "pipeline", "transforms", "lake", "net", "config")
+EVERY = 5.0  # seconds between progress lines (a bar on a TTY is redrawn every second)
+FLUSH = 1.0  # seconds between a worker's writes of its counts
+
+_counts: dict[str, dict[str, int]] = {}  # progress directory -> counter -> count, in this process
+_dirty: set[str] = set()
+_lock = threading.Lock()
+_flusher: list[threading.Thread] = []
+
+
+class QuietFilter(logging.Filter):
+    """Our own messages at the chosen level; Beam's and the libraries' (worker chatter relayed by the
+    DirectRunner, per-page notices) only when they are errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or record.name.split(".")[0] in OUR_LOGGERS
+
+
+def count(element: Any, directory: str | None, name: str) -> Any:
+    """Pass ``element`` through, counting it under ``name`` (use as ``beam.Map(count, directory, name)``)."""
+    if directory:
+        with _lock:
+            counts = _counts.setdefault(directory, {})
+            counts[name] = counts.get(name, 0) + 1
+            _dirty.add(directory)
+            if not _flusher:
+                _flusher.append(threading.Thread(target=_flush_forever, name="warta-progress", daemon=True))
+                _flusher[0].start()
+    return element
+
+
+def _flush_forever() -> None:
+    """Write this process's counts (``<dir>/<pid>.json``) about once a second while they change."""
+    while True:
+        time.sleep(FLUSH)
+        with _lock:
+            todo = {d: json.dumps(_counts.get(d, {})) for d in _dirty}
+            _dirty.clear()
+        for directory, data in todo.items():
+            path = os.path.join(directory, f"{os.getpid()}.json")
+            try:
+                with open(path + ".tmp", "w") as fh:
+                    fh.write(data)
+                os.replace(path + ".tmp", path)
+            except OSError:  # the driver's directory is gone or not visible from this worker: no harm
+                pass
+
+
+def read_counts(directory: str) -> dict[str, int]:
+    """The sum of every worker's counts."""
+    total: dict[str, int] = {}
+    try:
+        names = [n for n in os.listdir(directory) if n.endswith(".json")]
+    except OSError:
+        return total
+    for name in names:
+        try:
+            with open(os.path.join(directory, name)) as fh:
+                for k, v in json.load(fh).items():
+                    total[k] = total.get(k, 0) + v
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+def progress_text(c: dict[str, int], feeds: int, elapsed: float, left: float | None) -> tuple[str, float | None]:
+    """The progress line and the fraction of the planned pages done (None while feeds are being polled)."""
+    entries, fetched, deferred = c.get("entries", 0), c.get("fetched", 0), c.get("deferred", 0)
+    pending = max(0, entries - fetched - deferred)
+    polled = c.get("feeds", 0)
+    text = (f"feeds polled {polled}/{feeds} | pages fetched {fetched}, pending {pending}"
+            + (f", deferred {deferred}" if deferred else "")
+            + f" | articles tagged {c.get('tagged', 0)} | {clock(elapsed)} elapsed")
+    fraction = None
+    if polled >= feeds and entries:
+        fraction = min(1.0, (fetched + deferred) / entries)
+        if fetched and pending:
+            eta = elapsed * pending / fetched
+            text += f", ~{clock(min(eta, left) if left is not None else eta)} left"
+    return text, fraction
+
+
+class ProgressLine:
+    """``with ProgressLine(feeds, deadline) as p:`` run the pipeline with ``p.directory``; a progress line on
+    stderr every few seconds (a bar redrawn in place on a TTY), cleared before the summary."""
+
+    def __init__(self, feeds: int, deadline: float | None = None, stream=None):
+        self.feeds, self.deadline = feeds, deadline
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "ProgressLine":
+        self.directory = tempfile.mkdtemp(prefix="warta-progress-")
+        self.started = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, name="warta-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def line(self) -> tuple[str, float | None]:
+        left = max(0.0, self.deadline - time.time()) if self.deadline else None
+        return progress_text(read_counts(self.directory), self.feeds, time.monotonic() - self.started, left)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0 if self.tty else EVERY):
+            text, fraction = self.line()
+            if self.tty:
+                bar = "" if fraction is None else f"[{'#' * int(20 * fraction):<20}] {100 * fraction:3.0f}% "
+                self.stream.write(f"\r\x1b[2K{bar}{text}")
+            else:
+                self.stream.write(f"progress: {text}\n")
+            self.stream.flush()
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.tty:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+        shutil.rmtree(self.directory, ignore_errors=True)
+        with _lock:  # counts of an in-process worker
+            _counts.pop(self.directory, None)
+            _dirty.discard(self.directory)

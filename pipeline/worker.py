@@ -1,0 +1,50 @@
+"""Quiet DirectRunner worker processes.
+
+Beam's multi_processing DirectRunner starts ``python -m apache_beam.runners.worker.sdk_worker_main``,
+whose start-up INFO/WARNING lines (import warnings, "Logging handler created", options) go straight to
+the console. :class:`QuietDirectRunner` is the FnApiRunner that the DirectRunner runs batch pipelines on,
+with its worker processes started through this module instead: the same worker, whose console shows only
+errors and our own messages (``--verbose`` uses Beam's runner unchanged).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+if __name__ == "__main__":  # a worker process: before Beam's import-time warnings
+    logging.basicConfig(level=logging.ERROR)
+
+from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo, FnApiRunner  # noqa: E402
+from apache_beam.transforms.environments import SubprocessSDKEnvironment  # noqa: E402
+
+
+class QuietDirectRunner(FnApiRunner):
+    def run_pipeline(self, pipeline, options):
+        from apache_beam.portability.api import beam_provision_api_pb2
+        from apache_beam.runners.portability.portable_runner import JobServiceHandle
+        encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+        self._provision_info = ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+        return super().run_pipeline(pipeline, options)
+
+    # FnApiRunner.run_pipeline picks the worker environment from --direct_running_mode
+    @property
+    def _default_environment(self):
+        return self._environment
+
+    @_default_environment.setter
+    def _default_environment(self, environment) -> None:
+        if isinstance(environment, SubprocessSDKEnvironment):
+            environment = SubprocessSDKEnvironment.from_command_string(f"{sys.executable} -m pipeline.worker")
+        self._environment = environment
+
+
+def main() -> None:
+    from pipeline.progress import QuietFilter
+    logging.getLogger().handlers[0].addFilter(QuietFilter())
+    from apache_beam.runners.worker import sdk_worker_main
+    sdk_worker_main.main(sys.argv)
+
+
+if __name__ == "__main__":
+    main()
