@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from transforms.extract import ExtractArticles, clean_text, extract_article, read_meta
+from transforms.extract import ExtractArticles, clean_text, detect_language, extract_article, read_meta
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.metric import corpus_scores  # noqa: E402
@@ -155,3 +155,38 @@ def test_read_meta_handles_jsonld_graph_and_garbage():
                                 '"author": {"name": "Sari"}}]}</script></head><body></body></html>')
     meta = read_meta(tree, "https://x.example/")
     assert meta.published_at == datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc) and meta.authors == ["Sari"]
+
+
+
+ENGLISH = ("The city council approved the new budget on Monday after a long debate about schools, roads "
+           "and the hospital. The mayor said the plan would be published next week and that residents could "
+           "comment on it until the end of the month. ") * 2
+INDONESIAN = ("Pemerintah kota menyetujui anggaran baru pada hari Senin setelah perdebatan panjang tentang "
+              "sekolah, jalan, dan rumah sakit. Wali kota mengatakan rencana itu akan diumumkan pekan depan "
+              "dan warga dapat memberi tanggapan sampai akhir bulan. ") * 2
+
+
+def article_html(text: str, lang: str) -> str:
+    return f"<html lang='{lang}'><body><article><h1>Judul</h1><p>{text}</p></article></body></html>"
+
+
+def test_language_precedence_feeds_file_then_text_then_page_then_channel():
+    # the feed channel says id(-ID), the page is English: the text decides
+    assert extract_article(page(article_html(ENGLISH, "id-ID"), channel_language="id"))["language"] == "en"
+    # WordPress defaults: channel and <html lang> say en-US, the text is Indonesian
+    assert extract_article(page(article_html(INDONESIAN, "en-US"), channel_language="en"))["language"] == "id"
+    # the feeds file's language is the user's word
+    assert extract_article(page(article_html(INDONESIAN, "en"), language="ms"))["language"] == "ms"
+
+
+def test_language_falls_back_to_page_then_channel_when_detection_is_unsure(monkeypatch):
+    monkeypatch.setattr("transforms.extract.detect_language", lambda text, hint=None: None)
+    assert extract_article(page(article_html(INDONESIAN, "fr"), channel_language="de"))["language"] == "fr"
+    assert extract_article(page(article_html(INDONESIAN, ""), channel_language="de"))["language"] == "de"
+
+
+def test_detect_language_is_confident_or_none():
+    assert detect_language(ENGLISH, hint="id") == "en"
+    assert detect_language(INDONESIAN) == "id"
+    assert detect_language("ok ok ok ok ok ok ok ok ok") is None  # no confident guess on a few words
+    assert detect_language("") is None

@@ -10,6 +10,8 @@ import duckdb
 import pytest
 
 from conftest import ROOT, T0
+from pipeline.example import rss_feed, wordpress_page
+from pipeline.loopback import LoopbackServer, Route
 
 pytestmark = pytest.mark.slow
 
@@ -170,3 +172,94 @@ def test_bundled_example_runs_offline(tmp_path):
     assert df.height == 8 and {"date", "source", "entities"} <= set(df.columns)
     table = ds.dataset(str(out / "articles"), format="parquet", partitioning="hive").to_table()
     assert table.num_rows == 8 and table.schema.field("entities").type.value_type.num_fields == 4
+
+
+def test_unknown_arguments_exit_2_naming_them(tmp_path):
+    for args, named in ((["--feds", "my.yaml"], "--feds my.yaml"), (["--output", str(tmp_path), "compact"], "compact"),
+                        (["--direct_num_workerz", "2"], "--direct_num_workerz")):
+        res = run_cli(*args)
+        assert res.returncode == 2, res.stderr
+        msg = res.stderr.strip().splitlines()
+        assert len(msg) == 1 and msg[0].startswith("warta: unknown argument") and named in msg[0], res.stderr
+    assert run_cli("compact").returncode == 2  # an unknown command
+    assert not any(tmp_path.iterdir())
+
+
+def sentences(topic: str, i: int) -> list[str]:
+    return [f"Berita {topic} nomor {i}, paragraf {j}: Presiden Joko Widodo meresmikan pasar baru di Surabaya "
+            f"bersama Gubernur Khofifah Indar Parawansa, dan warga menyambut gembira pembukaan itu." for j in range(4)]
+
+
+def outlet(server, prefix: str, n: int, channel: str = "id", paragraphs=None) -> str:
+    items = []
+    for i in range(n):
+        url = f"{server.base}/{prefix}/{i}.html"
+        server.routes[f"/{prefix}/{i}.html"] = Route(wordpress_page(
+            title=f"{prefix} {i}", paragraphs=(paragraphs or sentences)(prefix, i), url=url,
+            published=T0 + timedelta(minutes=i), author="Redaksi", lang=channel))
+        items.append({"title": f"{prefix} {i}", "link": url, "published": T0 + timedelta(minutes=i)})
+    server.routes[f"/{prefix}/feed.xml"] = Route(rss_feed(title=prefix, link=f"{server.base}/{prefix}/",
+                                                          items=items, language=channel), "application/rss+xml")
+    return f"{server.base}/{prefix}/feed.xml"
+
+
+def test_budget_commits_healthy_outlets_and_later_runs_drain_the_backlog(tmp_path, fast_config):
+    """A huge one-host feed beside healthy outlets on another host, with a small budget: each run exits 0
+    in time and commits what it fetched; the rest waits in _state/backlog/ and the following runs drain it,
+    with no duplicate and nothing lost."""
+    with LoopbackServer("127.0.0.1") as healthy, LoopbackServer("127.0.0.2") as huge:
+        feeds = tmp_path / "feeds.yaml"
+        feeds.write_text("feeds:\n" + "".join(
+            f"  - name: {name}\n    url: {url}\n" for name, url in (
+                ("kabar", outlet(healthy, "kabar", 3)), ("harian", outlet(healthy, "harian", 2)),
+                ("raksasa", outlet(huge, "raksasa", 30)))))
+        config = tmp_path / "slow.yaml"
+        config.write_text(fast_config.read_text().replace("host_delay: 0", "host_delay: 0.5"))
+        out = tmp_path / "lake"
+        args = ("--feeds", str(feeds), "--output", str(out), "--config", str(config), "--no-ner",
+                "--workers", "1", "--max-run-time", "8s")
+        first = run_cli(*args)
+        assert first.returncode == 0, first.stderr[-3000:]
+        summary = first.stderr.strip().splitlines()[-1]
+        pending = int(summary.split("left pending=")[1].split()[0])
+        assert pending > 0, summary
+        assert {r["source"] for r in articles(out)} >= {"kabar", "harian"}
+        assert sum(r["source"] in ("kabar", "harian") for r in articles(out)) == 5  # the healthy ones, all
+        assert len(list((out / "_state" / "backlog").iterdir())) == 1
+        for _ in range(8):  # each later run takes the backlog first
+            if pending == 0:
+                break
+            res = run_cli(*args)
+            assert res.returncode == 0, res.stderr[-3000:]
+            summary = res.stderr.strip().splitlines()[-1]
+            assert f"from backlog={pending}" in summary, summary
+            pending = int(summary.split("left pending=")[1].split()[0])
+        assert pending == 0
+        rows = articles(out)
+        assert sorted(r["url"] for r in rows) == sorted(
+            [f"{healthy.base}/{p}/{i}.html" for p, n in (("kabar", 3), ("harian", 2)) for i in range(n)]
+            + [f"{huge.base}/raksasa/{i}.html" for i in range(30)])  # nothing lost, no duplicate
+        assert not list((out / "_state" / "backlog").iterdir())
+        fetched = [p for p in huge.paths_requested() if p.startswith("/raksasa/") and p.endswith(".html")]
+        assert sorted(fetched) == sorted(set(fetched))  # no page fetched twice
+
+
+def test_language_comes_from_the_text_not_the_feed_channel(tmp_path, fast_config):
+    """WordPress keeps en-US in the feed and <html lang> over Indonesian text (-> id, tagged); an
+    aggregator says id-ID over English pages (-> en)."""
+    english = [("The city council approved the new budget on Monday after a long debate about schools and "
+                "roads. The mayor said the plan would be published next week, and residents could comment.")] * 3
+    with LoopbackServer() as server:
+        feeds = tmp_path / "feeds.yaml"
+        feeds.write_text(
+            f"feeds:\n  - name: wp\n    url: {outlet(server, 'wp', 2, channel='en-US')}\n"
+            f"  - name: agg\n    url: {outlet(server, 'agg', 2, channel='id-ID', paragraphs=lambda t, i: english)}\n")
+        out = tmp_path / "lake"
+        res = run_cli("--feeds", str(feeds), "--output", str(out), "--config", str(fast_config), "--workers", "1")
+        assert res.returncode == 0, res.stderr[-3000:]
+        rows = articles(out)
+        wp = [r for r in rows if r["source"] == "wp"]
+        assert len(wp) == 2 and {r["language"] for r in wp} == {"id"}
+        assert all(("Joko Widodo", "PER") in {(e["text"], e["label"]) for e in r["entities"]} for r in wp)
+        agg = [r for r in rows if r["source"] == "agg"]
+        assert agg and {r["language"] for r in agg} == {"en"}
