@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 
 import pyarrow.dataset as ds
 import pytest
 
 from conftest import ROOT
-from lake.commit import LockedError, RunLock, commit, recover
+from lake.commit import BACKLOG, LockedError, RunLock, commit, read_backlog, recover, summarize_staged
 from lake.store import Store
 from transforms.write import staging_dir
 
@@ -81,6 +82,29 @@ def test_commit_replay_is_idempotent(tmp_path):
     assert recover(store, 7) == [run_id]
     assert store.list("articles") == [f"articles/date=2024-01-01/source=x/part-{run_id}.parquet"]
     assert store.list("_state/pending") == []
+
+
+def test_backlog_is_replaced_through_the_commit_and_survives_an_uncommitted_run(tmp_path):
+    store = Store(str(tmp_path / "lake"))
+    when = datetime(2024, 11, 12, 3, tzinfo=timezone.utc)
+    store.write_json(f"{BACKLOG}/r0.json", [{"url": "http://a/1", "feed_published_at": str(when)},
+                                            {"url": "http://a/2", "feed_published_at": None}])
+    taken, entries = read_backlog(store)
+    assert taken == ["r0.json"] and [e["url"] for e in entries] == ["http://a/1", "http://a/2"]
+    assert entries[0]["feed_published_at"] == when and all(e["backlog"] for e in entries)
+    # a run that dies before its commit point leaves the backlog as it was
+    store.write_json(f"{staging_dir('r1')}/backlog.json", [{"url": "http://a/2"}])
+    recover(store, 7)
+    assert read_backlog(store)[0] == ["r0.json"]
+    # a committed run replaces the files it took with what it left
+    store.write_json(f"{staging_dir('r2')}/backlog.json", [{"url": "http://a/2"}])
+    assert summarize_staged(store, "r2")["entries_pending"] == 1
+    commit(store, "r2", {}, 7, backlog_taken=taken)
+    assert read_backlog(store)[0] == ["r2.json"]
+    # and one that fetched everything leaves no backlog
+    store.write_json(f"{staging_dir('r3')}/backlog.json", [])
+    commit(store, "r3", {}, 7, backlog_taken=["r2.json"])
+    assert read_backlog(store) == ([], [])
 
 
 def test_uncommitted_staging_is_discarded(tmp_path):

@@ -15,7 +15,7 @@ from conftest import seed_article
 from pipeline.example import wordpress_page
 from pipeline.loopback import Route
 from transforms.extract import ExtractArticles
-from transforms.fetch import FetchPages, one_entry_per_page, plan_groups
+from transforms.fetch import FetchPages, one_entry_per_page, pages_within, plan_groups
 from transforms.urls import host_of
 
 HTTP = HttpSettings(host_delay=0, total_timeout=3, read_timeout=2, retries=0, max_bytes=2_000_000)
@@ -103,3 +103,30 @@ def test_a_page_reached_several_ways_is_planned_once():
     assert one_entry_per_page([kabar, warta, other]) == [kabar, other]  # the first source wins in any order
     planned = [e for g in plan_groups([warta, kabar, other], 2) for _, es in g for e in es]
     assert sorted(e["url"] for e in planned) == [kabar["url"], other["url"]]
+
+
+def test_past_the_deadline_no_fetch_starts_and_entries_wait_in_the_backlog(server):
+    server.routes["/a.html"] = Route("<html><body><p>x</p></body></html>")
+    urls = [server.url("/a.html"), server.url("/b.html")]
+    with TestPipeline() as p:
+        out = p | beam.Create([entry(u) for u in urls]) | FetchPages(HTTP, deadline=time.time() - 1)
+        assert_that(out.backlog | "Urls" >> beam.Map(lambda e: e["url"]), equal_to(urls), label="backlog")
+        assert_that(out.pages, equal_to([]), label="pages")
+    assert not [p for p in server.paths_requested() if p.endswith(".html")]
+
+
+def test_a_host_takes_only_the_pages_that_fit_the_budget():
+    assert pages_within(None, 1.0) == float("inf")
+    assert pages_within(time.time() - 1, 1.0) == 0
+    assert pages_within(time.time() + 10.5, 1.0) == 11  # the first at once, then one a second
+    assert pages_within(time.time() + 10, 0) == float("inf")
+
+
+def test_entries_waiting_in_the_backlog_are_fetched_first():
+    old = {**entry("http://a.id/z.html"), "backlog": True}
+    fresh = entry("http://a.id/a.html")
+    again = {**entry("http://a.id/y.html?utm_source=rss"), "source": "a"}  # polled again, also in the backlog
+    waiting = {**entry("http://a.id/y.html"), "backlog": True}
+    [[(_, planned)]] = plan_groups([fresh, old, again, waiting], 1)
+    assert [e["url"] for e in planned] == ["http://a.id/y.html?utm_source=rss", "http://a.id/z.html", "http://a.id/a.html"]
+    assert planned[0]["backlog"] and planned[0]["source"] == "a"

@@ -1,0 +1,37 @@
+"""pipeline.progress: worker counts summed by the driver; the progress line; quiet logging."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+from pipeline.progress import ProgressLine, QuietFilter, count, progress_text, read_counts
+
+
+def test_counts_reach_the_driver_and_the_line_shows_them():
+    out = io.StringIO()
+    with ProgressLine(feeds=4, deadline=time.time() + 60, stream=out) as progress:
+        for name, n in (("feeds", 4), ("entries", 10), ("fetched", 6), ("deferred", 1), ("tagged", 5)):
+            for i in range(n):
+                assert count(i, progress.directory, name) == i  # passes elements through
+        deadline = time.monotonic() + 10
+        while read_counts(progress.directory).get("tagged") != 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        text, fraction = progress.line()
+    assert "feeds polled 4/4" in text and "pages fetched 6, pending 3, deferred 1" in text
+    assert "articles tagged 5" in text and "left" in text and fraction == 0.7
+
+
+def test_progress_line_while_polling_has_no_estimate():
+    text, fraction = progress_text({"feeds": 1}, 3, 12.0, None)
+    assert text == "feeds polled 1/3 | pages fetched 0, pending 0 | articles tagged 0 | 0:12 elapsed"
+    assert fraction is None
+
+
+def test_quiet_filter_keeps_our_messages_and_others_errors():
+    keep = QuietFilter().filter
+    rec = lambda name, level: logging.LogRecord(name, level, "", 0, "m", (), None)  # noqa: E731
+    assert keep(rec("warta", logging.INFO)) and keep(rec("lake.commit", logging.WARNING))
+    assert not keep(rec("root", logging.WARNING)) and not keep(rec("apache_beam.runners", logging.INFO))
+    assert keep(rec("apache_beam.runners", logging.ERROR))
