@@ -13,10 +13,10 @@ STEPS = [
     ["bench/bench_extraction.py", "--memory-pages", "10000"],
     ["models/evaluate_id_ner.py"],
     ["bench/bench_dedup.py"],
-    ["bench/bench_pipeline.py", "--sizes", "100", "1000", "--json", "bench/results/pipeline_100_1000.json"],
-    ["bench/bench_pipeline.py", "--sizes", "10000", "--json", "bench/results/pipeline_10000.json"],
-    ["bench/bench_pipeline.py", "--sizes", "10000", "--outlets", "200", "--no-ner",
-     "--json", "bench/results/load_200x50.json"],
+    ["bench/bench_pipeline.py", "--sizes", "1200", "--noop", "--json", "bench/results/pipeline_1200.json"],
+    ["bench/bench_pipeline.py", "--sizes", "10000", "--modes", "default", "--json", "bench/results/pipeline_10000.json"],
+    ["bench/bench_pipeline.py", "--sizes", "10000", "--outlets", "200", "--no-ner", "--modes", "default",
+     "--host-delay", "0.02", "--json", "bench/results/load_200x50.json"],
 ]
 
 if __name__ == "__main__":

@@ -109,6 +109,7 @@ def decide_all(articles: Iterable[dict[str, Any]], index: NearDuplicateIndex):
         return (when.timestamp() if when else 0.0, a["url"])
 
     for art in sorted(articles, key=order):
+        art = dict(art)  # inputs are not ours to change (Dask may hand the same objects to a retried task)
         sig = art.pop("_minhash")
         kind, original = index.decide(art, sig)
         yield kind, original, art, sig
