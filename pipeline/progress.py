@@ -88,8 +88,10 @@ def clock(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
-def progress_text(c: dict[str, int], feeds: int, elapsed: float, left: float | None) -> tuple[str, float | None]:
-    """The progress line and the fraction of the planned pages done (None while feeds are being polled)."""
+def progress_text(c: dict[str, int], feeds: int, elapsed: float, left: float | None = None,
+                  rate: float | None = None) -> tuple[str, float | None]:
+    """The progress line and the fraction of the planned pages done (None while feeds are being polled).
+    ``left``: seconds of budget left; ``rate``: pages per second lately (for the estimate)."""
     entries, fetched, deferred = c.get("entries", 0), c.get("fetched", 0), c.get("deferred", 0)
     pending = max(0, entries - fetched - deferred)
     polled = c.get("feeds", 0)
@@ -99,8 +101,8 @@ def progress_text(c: dict[str, int], feeds: int, elapsed: float, left: float | N
     fraction = None
     if polled >= feeds and entries:
         fraction = min(1.0, (fetched + deferred) / entries)
-        if fetched and pending:
-            eta = elapsed * pending / fetched
+        if rate and pending:
+            eta = pending / rate
             text += f", ~{clock(min(eta, left) if left is not None else eta)} left"
     return text, fraction
 
@@ -114,6 +116,7 @@ class ProgressLine:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self._stop = threading.Event()
+        self._first_fetch: tuple[float, int] | None = None  # (when, pages) the driver first saw pages fetched
 
     def __enter__(self) -> "ProgressLine":
         self.directory = tempfile.mkdtemp(prefix="warta-progress-")
@@ -123,8 +126,16 @@ class ProgressLine:
         return self
 
     def line(self) -> tuple[str, float | None]:
+        now = time.monotonic()
+        counts = read_counts(self.directory)
+        fetched = counts.get("fetched", 0)
+        if fetched and self._first_fetch is None:
+            self._first_fetch = (now, fetched)
+        rate = None
+        if self._first_fetch and fetched > self._first_fetch[1]:
+            rate = (fetched - self._first_fetch[1]) / (now - self._first_fetch[0])
         left = max(0.0, self.deadline - time.time()) if self.deadline else None
-        return progress_text(read_counts(self.directory), self.feeds, time.monotonic() - self.started, left)
+        return progress_text(counts, self.feeds, now - self.started, left, rate)
 
     def _loop(self) -> None:
         while not self._stop.wait(1.0 if self.tty else EVERY):

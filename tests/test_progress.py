@@ -20,7 +20,14 @@ def test_counts_reach_the_driver_and_the_line_shows_them():
             time.sleep(0.1)
         text, fraction = progress.line()
     assert "feeds polled 4/4" in text and "pages fetched 6, pending 3, deferred 1" in text
-    assert "articles tagged 5" in text and "left" in text and fraction == 0.7
+    assert "articles tagged 5" in text and fraction == 0.7
+
+
+def test_estimate_from_the_recent_fetch_rate_within_the_budget():
+    c = {"feeds": 2, "entries": 100, "fetched": 40}
+    assert progress_text(c, 2, 30.0, left=None, rate=2.0)[0].endswith("0:30 elapsed, ~0:30 left")
+    assert progress_text(c, 2, 30.0, left=10.0, rate=2.0)[0].endswith("~0:10 left")  # the budget ends first
+    assert "left" not in progress_text(c, 2, 30.0)[0]
 
 
 def test_progress_line_while_polling_has_no_estimate():
