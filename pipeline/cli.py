@@ -32,7 +32,8 @@ from lake.store import Store  # noqa: E402
 
 log = logging.getLogger("warta")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
-DEFAULT_RUN_TIME = 15 * 60.0  # seconds: the budget of a one-shot run (with --every: the interval)
+DEFAULT_RUN_TIME = 15 * 60.0  # seconds: the budget of a one-shot run
+MIN_EVERY_RUN_TIME = 60.0  # with --every the budget is the interval, but at least this (start-up must fit)
 
 
 def beam_options(beam_args: list[str], runner: str | None, dask_address: str | None,
@@ -152,7 +153,9 @@ def run(argv: list[str] | None = None) -> int:
     if ns.workers is not None and ns.workers < 1:
         print("warta: --workers must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
-    workers = ns.workers or usable_cpus()
+    # --every: one in-process worker by default, so the models stay loaded between polls (its torch
+    # threads use every CPU); a one-shot run: one worker process per CPU.
+    workers = ns.workers or (1 if ns.every else usable_cpus())
     with ExitStack() as stack:
         try:
             if ns.example:
@@ -178,7 +181,7 @@ def run(argv: list[str] | None = None) -> int:
         try:
             if ns.every:
                 return run_every(ns.every, feeds, settings, ns.output, beam_args, ns.runner, dask_address,
-                                 workers, ns.max_run_time or ns.every, ns.verbose)
+                                 workers, ns.max_run_time or max(ns.every, MIN_EVERY_RUN_TIME), ns.verbose)
             run_once(feeds, settings, ns.output, beam_args, ns.runner, dask_address, workers,
                      ns.max_run_time or DEFAULT_RUN_TIME, ns.verbose)
         except LockedError as e:
