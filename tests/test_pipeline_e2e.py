@@ -42,6 +42,9 @@ def test_full_run_then_rerun_then_growth(world, server, tmp_path, fast_config):
     assert res.returncode == 0, res.stderr[-3000:]
     summary = res.stderr.strip().splitlines()[-1]
     assert "feeds polled=7" in summary and "rows written=" in summary, summary
+    # default: worker processes, and none of Beam's worker chatter on the console
+    for chatter in ("sdk_worker", "data_plane", "semi_persistent", "Discarding unparseable", "apitools"):
+        assert chatter not in res.stderr, res.stderr[-3000:]
 
     rows = articles(out)
     by_url = {r["url"]: r for r in rows}
