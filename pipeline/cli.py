@@ -25,7 +25,7 @@ from pipeline.build import Plan, build  # noqa: E402
 from pipeline.progress import OUR_LOGGERS, ProgressLine, QuietFilter  # noqa: E402
 from lake.commit import (LockedError, RunLock, commit, new_run_id, read_backlog, recover,  # noqa: E402
                          summarize_staged)
-from pipeline.worker import QuietDirectRunner  # noqa: E402
+from pipeline.worker import DirectFnRunner  # noqa: E402
 from pipeline.options import UsageError, split_args, usable_cpus  # noqa: E402
 from lake.state import FEEDS_FILE  # noqa: E402
 from lake.store import Store  # noqa: E402
@@ -119,8 +119,8 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
                         validators=store.read_json(FEEDS_FILE, default={}) or {},
                         workers=groups, ner_batching=ner_batching, join_sinks=join_sinks,
                         backlog=backlog, deadline=deadline, progress_dir=progress.directory)
-            quiet_direct = not verbose and (runner or "direct").lower() == "direct"
-            p = beam.Pipeline(runner=QuietDirectRunner() if quiet_direct else None, options=options)
+            direct = (runner or "direct").lower() == "direct"
+            p = beam.Pipeline(runner=DirectFnRunner(quiet=not verbose) if direct else None, options=options)
             build(p, plan)
             result = p.run()
             result.wait_until_finish()

@@ -1,10 +1,10 @@
-"""Quiet DirectRunner worker processes.
+"""The local runner: Beam's FnApiRunner (what the DirectRunner runs batch pipelines on), used directly.
 
-Beam's multi_processing DirectRunner starts ``python -m apache_beam.runners.worker.sdk_worker_main``,
-whose start-up INFO/WARNING lines (import warnings, "Logging handler created", options) go straight to
-the console. :class:`QuietDirectRunner` is the FnApiRunner that the DirectRunner runs batch pipelines on,
-with its worker processes started through this module instead: the same worker, whose console shows only
-errors and our own messages (``--verbose`` uses Beam's runner unchanged).
+Beam's DirectRunner first tries its Prism runner, downloading a binary from GitHub at run time (offline it
+logs the failure and falls back); we skip that step. Its multi_processing mode starts worker processes as
+``python -m apache_beam.runners.worker.sdk_worker_main``, whose start-up INFO/WARNING lines (import
+warnings, "Logging handler created", options) go straight to the console: quiet, they start through this
+module instead, the same worker whose console shows only errors and our own messages.
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProv
 from apache_beam.transforms.environments import SubprocessSDKEnvironment  # noqa: E402
 
 
-class QuietDirectRunner(FnApiRunner):
+class DirectFnRunner(FnApiRunner):
+    def __init__(self, quiet: bool = True):
+        self.quiet = quiet
+        super().__init__()
+
     def run_pipeline(self, pipeline, options):
         from apache_beam.portability.api import beam_provision_api_pb2
         from apache_beam.runners.portability.portable_runner import JobServiceHandle
@@ -34,7 +38,7 @@ class QuietDirectRunner(FnApiRunner):
 
     @_default_environment.setter
     def _default_environment(self, environment) -> None:
-        if isinstance(environment, SubprocessSDKEnvironment):
+        if isinstance(environment, SubprocessSDKEnvironment) and self.quiet:
             environment = SubprocessSDKEnvironment.from_command_string(f"{sys.executable} -m pipeline.worker")
         self._environment = environment
 
