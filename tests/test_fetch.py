@@ -130,3 +130,12 @@ def test_entries_waiting_in_the_backlog_are_fetched_first():
     [[(_, planned)]] = plan_groups([fresh, old, again, waiting], 1)
     assert [e["url"] for e in planned] == ["http://a.id/y.html?utm_source=rss", "http://a.id/z.html", "http://a.id/a.html"]
     assert planned[0]["backlog"] and planned[0]["source"] == "a"
+
+
+def test_groups_are_balanced_on_the_pages_the_budget_lets_each_host_fetch():
+    huge = [entry(f"http://huge.id/{i}.html") for i in range(30)]
+    small = [entry(f"http://s{h}.id/{i}.html") for h in range(6) for i in range(3)]
+    groups = plan_groups(huge + small, 2, fits=5)
+    hosts = sorted(sorted(h for h, _ in g) for g in groups)
+    assert hosts == [["huge.id", "s2.id", "s4.id"], ["s0.id", "s1.id", "s3.id", "s5.id"]]  # 11 vs 12 pages that fit
+    assert [h for h, _ in plan_groups(huge + small, 2)[0]] == ["huge.id"]  # without a budget: 30 vs 18

@@ -90,19 +90,20 @@ def pages_within(deadline: float | None, delay: float) -> float:
     return float("inf") if delay <= 0 else 1 + int(left / delay)
 
 
-def plan_groups(entries: Iterable[dict[str, Any]], groups: int) -> list[list[tuple[str, list[dict[str, Any]]]]]:
+def plan_groups(entries: Iterable[dict[str, Any]], groups: int,
+                fits: float = float("inf")) -> list[list[tuple[str, list[dict[str, Any]]]]]:
     """Each page once, its host's entries packed into at most ``groups`` groups of about the same number
     of pages: the largest host goes to the lightest group. A host is never split, so it is only ever
-    fetched from one worker."""
+    fetched from one worker. A host counts for at most ``fits`` pages (what the budget lets it fetch)."""
     by_host: dict[str, list[dict[str, Any]]] = {}
     for e in one_entry_per_page(entries):
         by_host.setdefault(host_of(e["url"]), []).append(e)
     bins: list[list[tuple[str, list[dict[str, Any]]]]] = [[] for _ in range(max(1, groups))]
     load = [0] * len(bins)
-    for host, host_entries in sorted(by_host.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+    for host, host_entries in sorted(by_host.items(), key=lambda kv: (-min(len(kv[1]), fits), kv[0])):
         i = min(range(len(bins)), key=lambda j: (load[j], j))
         bins[i].append((host, sorted(host_entries, key=fetch_order)))
-        load[i] += len(host_entries)
+        load[i] += min(len(host_entries), fits)
     return [b for b in bins if b]
 
 
@@ -184,12 +185,13 @@ class FetchPages(beam.PTransform):
         super().__init__()
 
     def expand(self, entries):
-        groups = max(1, self.groups)
+        groups, deadline, delay = max(1, self.groups), self.deadline, self.http.host_delay
         tagged = (
             entries
             | "ToOneKey" >> beam.Map(lambda e: (None, e))
             | "GatherEntries" >> beam.GroupByKey()
-            | "PlanGroups" >> beam.FlatMap(lambda kv: enumerate(plan_groups(kv[1], groups)))
+            | "PlanGroups" >> beam.FlatMap(
+                lambda kv: enumerate(plan_groups(kv[1], groups, pages_within(deadline, delay))))
             | "SpreadGroups" >> beam.GroupByKey()  # runners spread the keys over their workers
             | "Groups" >> beam.FlatMap(lambda kv: kv[1])
             | "Fetch" >> beam.ParDo(_FetchHostsFn(self.http, self.deadline))
