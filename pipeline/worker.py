@@ -20,6 +20,8 @@ from apache_beam.transforms.environments import SubprocessSDKEnvironment  # noqa
 
 
 class DirectFnRunner(FnApiRunner):
+    """``--runner direct``: the FnApiRunner as the DirectRunner sets it up; ``quiet`` worker processes."""
+
     def __init__(self, quiet: bool = True):
         self.quiet = quiet
         super().__init__()
