@@ -216,13 +216,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ner", action="store_true")
     ap.add_argument("--lean-up-to", type=int, default=1200, help="also measure the lean NER limit up to this size")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
+    ap.add_argument("--no-stages", action="store_true", help="skip the per-stage benchmarks")
     ap.add_argument("--limit-only", action="store_true", help="fetch the pages and measure only the physical limit")
     args = ap.parse_args(argv)
     use_ner = not args.no_ner
     results = []
     for size in args.sizes:
         with serve_world(size, args.outlets) as (feeds, _):
-            stages, pages = stage_benchmarks(feeds, use_ner) if not args.limit_only else ({}, [
+            stages, pages = stage_benchmarks(feeds, use_ner) if not (args.limit_only or args.no_stages) else ({}, [
                 row for kind, row in fetch_all(feeds) if kind == "page"])
             limit = physical_limit(pages, use_ner, lean=size <= args.lean_up_to)
             if args.limit_only:
