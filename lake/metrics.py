@@ -1,0 +1,293 @@
+"""What the lake says, as plain numbers: the query layer behind ``warta report`` and ``warta stats``.
+
+Knows nothing of HTML. Everything is read defensively: files are read with ``union_by_name`` (columns added
+later are fine, missing ones are null), state keys that an older or newer writer lacks count as unknown.
+
+Two clocks: the **content** sections (articles per outlet and day, syndication, entities) use the article's day,
+as in the lake's ``date=`` partitions (published day, else fetch day, UTC); the **operations** sections (feed
+health, errors, runs) use wall-clock time (``fetched_at``, ``at``, the run's commit time). Both windows are
+``days`` long; the content window ends on ``until`` (default: the latest article day not after today), the
+operations window at the last run's commit (default: now).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from lake.commit import RUNS
+from lake.state import FEEDS_FILE
+from lake.store import Store
+from transforms.write import ARTICLE_SCHEMA, ERROR_SCHEMA
+
+BACKLOG = "_state/backlog"  # entries polled but not fetched yet (run budget), a JSON list per run
+OK_STATUSES = ("ok", "capped", "unchanged")
+UNKNOWN_LANGUAGE = "??"
+
+
+def run_started(run_id: str) -> datetime | None:
+    """Run ids start with their UTC start time (``YYYYmmddTHHMMSS-…``)."""
+    try:
+        return datetime.strptime(run_id[:15], "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+class Lake:
+    """A lake opened for reading: DuckDB views ``articles`` (plus ``day``) and ``errors`` over its Parquet
+    files, and its state (runs, feeds, backlog) as plain Python."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+        self.store = Store(url, storage_options or {})
+        self.con = duckdb.connect()
+        self.con.execute("SET TimeZone = 'UTC'")
+        if not self.store.is_local:
+            self.con.register_filesystem(self.store.fs)
+        self._view("articles", ARTICLE_SCHEMA, ", coalesce(published_at, fetched_at)::date AS day")
+        self._view("errors", ERROR_SCHEMA, "")
+        self.feeds: dict[str, dict[str, Any]] = self.store.read_json(FEEDS_FILE, default={}) or {}
+        self.run_ids = sorted(p.rsplit("/", 1)[1][:-5] for p in self.store.list(RUNS, ".json"))
+
+    def _file(self, rel: str) -> str:
+        return self.store.path(rel) if self.store.is_local else self.store.full_url(rel)
+
+    def _view(self, name: str, schema: pa.Schema, extra: str) -> None:
+        files = [self._file(rel) for rel in self.store.list(name, ".parquet")]
+        if files:
+            source = f"read_parquet({files!r}, hive_partitioning = true, union_by_name = true)"
+        else:  # an empty lake: the contract's columns, no rows
+            self.con.register(f"empty_{name}", schema.empty_table())
+            source = f"empty_{name}"
+        self.con.execute(f"CREATE VIEW {name} AS SELECT *{extra} FROM {source}")
+
+    def sql(self, query: str, *params: Any) -> list[dict[str, Any]]:
+        return _rows(self.con.execute(query, list(params)))
+
+    def runs(self, since: datetime | None = None) -> list[dict[str, Any]]:
+        """Run manifests (oldest first) of the runs started at or after ``since`` (by their id)."""
+        out = []
+        for run_id in self.run_ids:
+            started = run_started(run_id)
+            if since is not None and started is not None and started < since:
+                continue
+            manifest = self.store.read_json(f"{RUNS}/{run_id}.json", default=None)
+            if manifest is not None:
+                out.append(manifest)
+        return out
+
+    def backlog(self) -> list[dict[str, Any]]:
+        """Entries left pending for a later run (any writer that stores a JSON list per file)."""
+        entries = []
+        for rel in self.store.list(BACKLOG, ".json"):
+            try:
+                data = json.loads(self.store.read_bytes(rel))
+            except ValueError:
+                continue
+            entries += [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
+        return entries
+
+
+@dataclass
+class Window:
+    content_start: date
+    content_end: date  # inclusive
+    ops_start: datetime
+    ops_end: datetime
+
+    @property
+    def days(self) -> int:
+        return (self.content_end - self.content_start).days + 1
+
+    @property
+    def previous_start(self) -> date:
+        return self.content_start - timedelta(days=self.days)
+
+    def day_list(self) -> list[date]:
+        return [self.content_start + timedelta(days=i) for i in range(self.days)]
+
+
+def window(lake: Lake, days: int, until: date | None = None, now: datetime | None = None) -> Window:
+    now = now or datetime.now(timezone.utc)
+    if until is None:
+        latest = lake.sql("SELECT max(day) AS d FROM articles WHERE day <= ?", now.date())[0]["d"]
+        until = latest or now.date()
+    ops_end = now
+    if lake.run_ids:
+        last = lake.store.read_json(f"{RUNS}/{lake.run_ids[-1]}.json", default={}) or {}
+        committed = last.get("committed_at")
+        ops_end = datetime.fromisoformat(committed) if committed else (run_started(lake.run_ids[-1]) or now)
+    return Window(until - timedelta(days=days - 1), until, ops_end - timedelta(days=days), ops_end)
+
+
+# -- 1. articles per outlet per day ----------------------------------------------------------------
+def articles_per_day(lake: Lake, w: Window) -> list[dict[str, Any]]:
+    """(source, day, articles) for every day of the window with at least one article."""
+    return lake.sql("SELECT source, day, count(*) AS articles FROM articles WHERE day BETWEEN ? AND ? "
+                    "GROUP BY ALL ORDER BY source, day", w.content_start, w.content_end)
+
+
+def outlets(lake: Lake) -> list[str]:
+    """Every outlet the lake knows: from the feed state and from the articles."""
+    known = {f.get("source") for f in lake.feeds.values()}
+    known |= {r["source"] for r in lake.sql("SELECT DISTINCT source FROM articles")}
+    return sorted(s for s in known if s)
+
+
+# -- 2. feed health --------------------------------------------------------------------------------
+def feed_health(lake: Lake, w: Window) -> list[dict[str, Any]]:
+    """One row per feed URL, failing feeds first, then by the share of failed entries/pages."""
+    a = lake.sql("SELECT feed_url, any_value(source) AS source, count(*) AS n FROM articles "
+                 "WHERE fetched_at >= ? AND fetched_at <= ? GROUP BY feed_url", w.ops_start, w.ops_end)
+    e = lake.sql("SELECT feed_url, any_value(source) AS source, stage, status, (url = feed_url) AS feed_level, "
+                 "count(*) AS n FROM errors WHERE \"at\" >= ? AND \"at\" <= ? GROUP BY ALL", w.ops_start, w.ops_end)
+    pending: dict[str, int] = {}
+    for entry in lake.backlog():
+        pending[entry.get("feed_url")] = pending.get(entry.get("feed_url"), 0) + 1
+    runs_in_window = len(lake.runs(w.ops_start))
+    rows: dict[str, dict[str, Any]] = {}
+
+    def row(feed_url: str | None, source: str | None) -> dict[str, Any]:
+        r = rows.setdefault(feed_url or "", {
+            "feed_url": feed_url or "", "source": source, "last_status": None, "last_poll": None,
+            "last_success": None, "entries_new_last_poll": None, "articles": 0, "entry_errors": 0,
+            "poll_failures": 0, "errors_by_stage": {}, "errors_by_status": {}, "robots_refusals": 0,
+            "pending": 0})
+        r["source"] = r["source"] or source
+        return r
+
+    for url, state in lake.feeds.items():
+        r = row(url, state.get("source"))
+        r["last_status"] = state.get("last_status")
+        r["last_poll"] = run_started(state.get("last_run") or "")
+        success = state.get("last_run") if state.get("last_status") in OK_STATUSES else state.get("last_success")
+        r["last_success"] = run_started(success or "")
+        r["entries_new_last_poll"] = state.get("entries_new")
+    for x in a:
+        row(x["feed_url"], x["source"])["articles"] += x["n"]
+    for x in e:
+        r = row(x["feed_url"], x["source"])
+        stages, statuses = r["errors_by_stage"], r["errors_by_status"]
+        stages[x["stage"]] = stages.get(x["stage"], 0) + x["n"]
+        if x["status"] is not None:
+            statuses[str(x["status"])] = statuses.get(str(x["status"]), 0) + x["n"]
+        r["poll_failures" if x["feed_level"] else "entry_errors"] += x["n"]
+        r["robots_refusals"] += x["n"] if x["stage"] == "robots" else 0
+    for url, n in pending.items():
+        row(url, None)["pending"] += n
+    for r in rows.values():
+        attempts = r["articles"] + r["entry_errors"]
+        r["entry_error_rate"] = r["entry_errors"] / attempts if attempts else None
+        r["runs"] = runs_in_window
+        r["failing"] = r["last_status"] == "failed"
+    return sorted(rows.values(), key=lambda r: (not r["failing"], -(r["entry_error_rate"] or 0),
+                                                 -r["poll_failures"], r["source"] or "", r["feed_url"]))
+
+
+def errors_by_stage(lake: Lake, w: Window) -> list[dict[str, Any]]:
+    return lake.sql("SELECT source, stage, count(*) AS n FROM errors WHERE \"at\" >= ? AND \"at\" <= ? "
+                    "GROUP BY ALL ORDER BY source, stage", w.ops_start, w.ops_end)
+
+
+def errors_by_status(lake: Lake, w: Window) -> list[dict[str, Any]]:
+    return lake.sql("SELECT stage, coalesce(CAST(status AS VARCHAR), 'none') AS status, count(*) AS n FROM errors "
+                    "WHERE \"at\" >= ? AND \"at\" <= ? GROUP BY ALL ORDER BY stage, status", w.ops_start, w.ops_end)
+
+
+# -- 3. syndication --------------------------------------------------------------------------------
+NOT_IN_LAKE = "(not in lake)"
+
+
+def syndication(lake: Lake, w: Window, clusters: int = 10) -> dict[str, Any]:
+    """Copies (articles with ``duplicate_of``) of the window: copier x original outlet, largest clusters."""
+    pairs = lake.sql(
+        "SELECT c.source AS copier, coalesce(o.source, ?) AS original, count(*) AS copies "
+        "FROM articles c LEFT JOIN articles o ON o.article_id = c.duplicate_of "
+        "WHERE c.duplicate_of IS NOT NULL AND c.day BETWEEN ? AND ? GROUP BY ALL ORDER BY copies DESC, copier, original",
+        NOT_IN_LAKE, w.content_start, w.content_end)
+    biggest = lake.sql(
+        "SELECT c.duplicate_of AS original_id, any_value(o.title) AS title, any_value(o.source) AS original_source, "
+        "count(*) + 1 AS size, list(DISTINCT c.source ORDER BY c.source) AS copier_sources "
+        "FROM articles c LEFT JOIN articles o ON o.article_id = c.duplicate_of "
+        "WHERE c.duplicate_of IS NOT NULL AND c.day BETWEEN ? AND ? GROUP BY c.duplicate_of "
+        "ORDER BY size DESC, original_id LIMIT ?", w.content_start, w.content_end, clusters)
+    totals = lake.sql("SELECT count(*) AS articles, count(duplicate_of) AS copies FROM articles "
+                      "WHERE day BETWEEN ? AND ?", w.content_start, w.content_end)[0]
+    return {"pairs": pairs, "clusters": biggest, **totals}
+
+
+# -- 4. entities -----------------------------------------------------------------------------------
+def entities(lake: Lake, w: Window, top: int = 10) -> dict[str, list[dict[str, Any]]]:
+    """Per language: the ``top`` entities of each label by articles mentioning them in the window, and the
+    ``top`` rising most against the previous window of the same length (articles now minus then)."""
+    lake.con.execute(
+        "CREATE OR REPLACE TEMP TABLE entity_counts AS "
+        "SELECT coalesce(language, ?) AS language, e.label AS label, e.text AS text, "
+        "count(DISTINCT article_id) FILTER (WHERE day >= ?) AS articles, "
+        "count(DISTINCT article_id) FILTER (WHERE day < ?) AS previous "
+        "FROM (SELECT language, article_id, day, unnest(entities) AS e FROM articles WHERE day BETWEEN ? AND ?) "
+        "GROUP BY ALL", [UNKNOWN_LANGUAGE, w.content_start, w.content_start, w.previous_start, w.content_end])
+    tops = lake.sql(
+        "SELECT language, label, text, articles, previous FROM entity_counts WHERE articles > 0 "
+        "QUALIFY row_number() OVER (PARTITION BY language, label ORDER BY articles DESC, text) <= ? "
+        "ORDER BY language, label, articles DESC, text", top)
+    rising = lake.sql(
+        "SELECT language, label, text, articles, previous, articles - previous AS rise FROM entity_counts "
+        "WHERE articles > previous "
+        "QUALIFY row_number() OVER (PARTITION BY language ORDER BY articles - previous DESC, articles DESC, "
+        "text, label) <= ? ORDER BY language, rise DESC, articles DESC, text, label", top)
+    return {"top": tops, "rising": rising}
+
+
+# -- 5. runs ---------------------------------------------------------------------------------------
+def run_history(lake: Lake, w: Window) -> list[dict[str, Any]]:
+    out = []
+    for m in lake.runs(w.ops_start):
+        s = m.get("summary") or {}
+        committed = m.get("committed_at")
+        out.append({"run_id": m.get("run_id"), "started_at": run_started(m.get("run_id") or ""),
+                    "committed_at": datetime.fromisoformat(committed) if committed else None,
+                    "seconds": s.get("seconds"), "articles": s.get("articles_written"),
+                    "errors": s.get("errors_written"), "entries_new": s.get("entries_new"),
+                    "entries_pending": s.get("entries_pending"), "feeds_failed": s.get("feeds_failed"),
+                    "duplicates_near": s.get("duplicates_near")})
+    return out
+
+
+@dataclass
+class Metrics:
+    """Everything the report and the stats table show."""
+
+    lake: str
+    window: Window
+    outlets: list[str]
+    articles_per_day: list[dict[str, Any]]
+    feed_health: list[dict[str, Any]]
+    errors_by_stage: list[dict[str, Any]]
+    errors_by_status: list[dict[str, Any]]
+    syndication: dict[str, Any]
+    entities: dict[str, list[dict[str, Any]]]
+    runs: list[dict[str, Any]]
+    generated_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), default=str, sort_keys=True)
+
+
+def collect(url: str, storage_options: dict[str, Any] | None = None, days: int = 7,
+            until: date | None = None) -> Metrics:
+    lake = Lake(url, storage_options)
+    w = window(lake, days, until)
+    return Metrics(lake=url, window=w, outlets=outlets(lake), articles_per_day=articles_per_day(lake, w),
+                   feed_health=feed_health(lake, w), errors_by_stage=errors_by_stage(lake, w),
+                   errors_by_status=errors_by_status(lake, w), syndication=syndication(lake, w),
+                   entities=entities(lake, w), runs=run_history(lake, w))
