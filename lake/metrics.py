@@ -7,18 +7,18 @@ Two clocks: the **content** sections (articles per outlet and day, syndication, 
 as in the lake's ``date=`` partitions (published day, else fetch day, UTC); the **operations** sections (feed
 health, errors, runs) use wall-clock time (``fetched_at``, ``at``, the run's commit time). Both windows are
 ``days`` long; the content window ends on ``until`` (default: the latest article day not after today), the
-operations window at the last run's commit (default: now).
+operations window at the last run's commit (else now).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from lake.commit import RUNS
 from lake.state import FEEDS_FILE
@@ -28,6 +28,9 @@ from transforms.write import ARTICLE_SCHEMA, ERROR_SCHEMA
 BACKLOG = "_state/backlog"  # entries polled but not fetched yet (run budget), a JSON list per run
 OK_STATUSES = ("ok", "capped", "unchanged")
 UNKNOWN_LANGUAGE = "??"
+DAY = "coalesce(published_at, fetched_at)::date"  # the article's day, as in the date= partitions
+DATE_PARTITION = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
+SCHEMAS = {"articles": ARTICLE_SCHEMA, "errors": ERROR_SCHEMA}
 
 
 def run_started(run_id: str) -> datetime | None:
@@ -38,37 +41,87 @@ def run_started(run_id: str) -> datetime | None:
         return None
 
 
+def partition_day(path: str) -> date | None:
+    """The day of a ``…/date=YYYY-MM-DD/…`` file, None in other layouts."""
+    found = DATE_PARTITION.search(path)
+    return date.fromisoformat(found.group(1)) if found else None
+
+
 def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
-class Lake:
-    """A lake opened for reading: DuckDB views ``articles`` (plus ``day``) and ``errors`` over its Parquet
-    files, and its state (runs, feeds, backlog) as plain Python."""
+@dataclass
+class Window:
+    content_start: date
+    content_end: date  # inclusive
+    ops_start: datetime
+    ops_end: datetime
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+    @property
+    def days(self) -> int:
+        return (self.content_end - self.content_start).days + 1
+
+    @property
+    def previous_start(self) -> date:
+        return self.content_start - timedelta(days=self.days)
+
+    def day_list(self) -> list[date]:
+        return [self.content_start + timedelta(days=i) for i in range(self.days)]
+
+
+class Lake:
+    """A lake opened for reading over a window: DuckDB tables ``articles`` (every column but ``text``, plus
+    ``day``; ``entities`` only for the window and the one before it) and ``errors`` (the operations window),
+    loaded in one scan of the files, after which every query runs in memory; and the lake's state (runs, feeds,
+    backlog) as plain Python."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, days: int = 7,
+                 until: date | None = None, now: datetime | None = None):
         self.store = Store(url, storage_options or {})
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
         if not self.store.is_local:
             self.con.register_filesystem(self.store.fs)
-        self._view("articles", ARTICLE_SCHEMA, ", coalesce(published_at, fetched_at)::date AS day")
-        self._view("errors", ERROR_SCHEMA, "")
+        self.files = {name: [self._file(rel) for rel in self.store.list(name, ".parquet")] for name in SCHEMAS}
         self.feeds: dict[str, dict[str, Any]] = self.store.read_json(FEEDS_FILE, default={}) or {}
         self.run_ids = sorted(p.rsplit("/", 1)[1][:-5] for p in self.store.list(RUNS, ".json"))
+        self.window = self._window(days, until, now or datetime.now(timezone.utc))
+        w = self.window
+        self.con.execute(
+            f"CREATE TEMP TABLE articles AS SELECT * EXCLUDE (text, entities), {DAY} AS day, "
+            f"CASE WHEN {DAY} BETWEEN ? AND ? THEN entities END AS entities FROM {self.source('articles')}",
+            [w.previous_start, w.content_end])
+        errors = self.source("errors", since=w.ops_start.date())
+        self.con.execute(f'CREATE TEMP TABLE errors AS SELECT * FROM {errors} WHERE "at" BETWEEN ? AND ?',
+                         [w.ops_start, w.ops_end])
 
     def _file(self, rel: str) -> str:
         return self.store.path(rel) if self.store.is_local else self.store.full_url(rel)
 
-    def _view(self, name: str, schema: pa.Schema, extra: str) -> None:
-        files = [self._file(rel) for rel in self.store.list(name, ".parquet")]
+    def source(self, dataset: str, since: date | None = None) -> str:
+        """A FROM clause over the dataset's files (union_by_name: files with more or fewer columns mix), less
+        the date= partitions before ``since``; an empty table of the contract's columns when there are none."""
+        files = [f for f in self.files[dataset] if since is None or (partition_day(f) or since) >= since]
         if files:
-            source = f"read_parquet({files!r}, hive_partitioning = true, union_by_name = true)"
-        else:  # an empty lake: the contract's columns, no rows
-            self.con.register(f"empty_{name}", schema.empty_table())
-            source = f"empty_{name}"
-        self.con.execute(f"CREATE VIEW {name} AS SELECT *{extra} FROM {source}")
+            return f"read_parquet({files!r}, hive_partitioning = true, union_by_name = true)"
+        self.con.register(f"no_{dataset}", SCHEMAS[dataset].empty_table())
+        return f"no_{dataset}"
+
+    def _window(self, days: int, until: date | None, now: datetime) -> Window:
+        if until is None:  # the latest article day not after today: from the date= partitions where they are
+            days_seen = [partition_day(f) for f in self.files["articles"]]
+            if None in days_seen:
+                days_seen = [self.con.execute(f"SELECT max({DAY}) FROM {self.source('articles')} WHERE {DAY} <= ?",
+                                              [now.date()]).fetchone()[0]]
+            until = max((d for d in days_seen if d and d <= now.date()), default=None) or now.date()
+        ops_end = now
+        if self.run_ids:
+            last = self.store.read_json(f"{RUNS}/{self.run_ids[-1]}.json", default={}) or {}
+            committed = last.get("committed_at")
+            ops_end = datetime.fromisoformat(committed) if committed else (run_started(self.run_ids[-1]) or now)
+        return Window(until - timedelta(days=days - 1), until, ops_end - timedelta(days=days), ops_end)
 
     def sql(self, query: str, *params: Any) -> list[dict[str, Any]]:
         return _rows(self.con.execute(query, list(params)))
@@ -95,38 +148,6 @@ class Lake:
                 continue
             entries += [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
         return entries
-
-
-@dataclass
-class Window:
-    content_start: date
-    content_end: date  # inclusive
-    ops_start: datetime
-    ops_end: datetime
-
-    @property
-    def days(self) -> int:
-        return (self.content_end - self.content_start).days + 1
-
-    @property
-    def previous_start(self) -> date:
-        return self.content_start - timedelta(days=self.days)
-
-    def day_list(self) -> list[date]:
-        return [self.content_start + timedelta(days=i) for i in range(self.days)]
-
-
-def window(lake: Lake, days: int, until: date | None = None, now: datetime | None = None) -> Window:
-    now = now or datetime.now(timezone.utc)
-    if until is None:
-        latest = lake.sql("SELECT max(day) AS d FROM articles WHERE day <= ?", now.date())[0]["d"]
-        until = latest or now.date()
-    ops_end = now
-    if lake.run_ids:
-        last = lake.store.read_json(f"{RUNS}/{lake.run_ids[-1]}.json", default={}) or {}
-        committed = last.get("committed_at")
-        ops_end = datetime.fromisoformat(committed) if committed else (run_started(lake.run_ids[-1]) or now)
-    return Window(until - timedelta(days=days - 1), until, ops_end - timedelta(days=days), ops_end)
 
 
 # -- 1. articles per outlet per day ----------------------------------------------------------------
@@ -285,8 +306,8 @@ class Metrics:
 
 def collect(url: str, storage_options: dict[str, Any] | None = None, days: int = 7,
             until: date | None = None) -> Metrics:
-    lake = Lake(url, storage_options)
-    w = window(lake, days, until)
+    lake = Lake(url, storage_options, days, until)
+    w = lake.window
     return Metrics(lake=url, window=w, outlets=outlets(lake), articles_per_day=articles_per_day(lake, w),
                    feed_health=feed_health(lake, w), errors_by_stage=errors_by_stage(lake, w),
                    errors_by_status=errors_by_status(lake, w), syndication=syndication(lake, w),
