@@ -71,7 +71,8 @@ def article_text(rng: random.Random) -> tuple[str, list[dict]]:
 def synthetic_lake(root: str, articles: int, outlets: int, days: int, runs_per_day: int, seed: int = 0) -> dict:
     rng = random.Random(seed)
     store = Store(root)
-    sources = [f"outlet{i:02d}" for i in range(outlets)]
+    prefixes = ("kabar", "suara", "warta", "berita", "pos")
+    sources = [f"{prefixes[(i // len(PLACES) + i) % 5]}{PLACES[i % len(PLACES)].lower()}" for i in range(outlets)]
     feeds = {f"https://{s}.example/feed/": {"source": s, "last_status": "ok", "etag": None} for s in sources}
     start = datetime(2024, 11, 1, tzinfo=timezone.utc)
     run_times = [start + timedelta(days=d, hours=24 * r / runs_per_day) for d in range(days) for r in range(runs_per_day)]

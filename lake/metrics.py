@@ -19,6 +19,8 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
 
 from lake.commit import RUNS
 from lake.state import FEEDS_FILE
@@ -31,6 +33,7 @@ UNKNOWN_LANGUAGE = "??"
 DAY = "coalesce(published_at, fetched_at)::date"  # the article's day, as in the date= partitions
 DATE_PARTITION = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
 SCHEMAS = {"articles": ARTICLE_SCHEMA, "errors": ERROR_SCHEMA}
+ARTICLE_COLUMNS = [c for c in ARTICLE_SCHEMA.names if c not in ("text", "entities")]
 
 
 def run_started(run_id: str) -> datetime | None:
@@ -72,50 +75,62 @@ class Window:
 
 
 class Lake:
-    """A lake opened for reading over a window: DuckDB tables ``articles`` (every column but ``text``, plus
-    ``day``; ``entities`` only for the window and the one before it) and ``errors`` (the operations window),
-    loaded in one scan of the files, after which every query runs in memory; and the lake's state (runs, feeds,
-    backlog) as plain Python."""
+    """A lake opened for reading over a window, as in-memory DuckDB tables: ``articles`` (every contract column
+    but ``text`` and ``entities``, plus ``day``), ``mentions`` (one row per entity of the articles of the window
+    and the one before it) and ``errors`` (the operations window); files are read once, through pyarrow (fast on
+    many small files, any fsspec filesystem), skipping date= partitions outside the window where possible. The
+    lake's state (runs, feeds, backlog) as plain Python."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None, days: int = 7,
                  until: date | None = None, now: datetime | None = None):
         self.store = Store(url, storage_options or {})
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
-        if not self.store.is_local:
-            self.con.register_filesystem(self.store.fs)
-        self.files = {name: [self._file(rel) for rel in self.store.list(name, ".parquet")] for name in SCHEMAS}
+        self.files = {name: self.store.list(name, ".parquet") for name in SCHEMAS}
         self.feeds: dict[str, dict[str, Any]] = self.store.read_json(FEEDS_FILE, default={}) or {}
         self.run_ids = sorted(p.rsplit("/", 1)[1][:-5] for p in self.store.list(RUNS, ".json"))
-        self.window = self._window(days, until, now or datetime.now(timezone.utc))
-        w = self.window
-        self.con.execute(
-            f"CREATE TEMP TABLE articles AS SELECT * EXCLUDE (text, entities), {DAY} AS day, "
-            f"CASE WHEN {DAY} BETWEEN ? AND ? THEN entities END AS entities FROM {self.source('articles')}",
-            [w.previous_start, w.content_end])
-        errors = self.source("errors", since=w.ops_start.date())
-        self.con.execute(f'CREATE TEMP TABLE errors AS SELECT * FROM {errors} WHERE "at" BETWEEN ? AND ?',
+        now = now or datetime.now(timezone.utc)
+        days_of = [partition_day(f) for f in self.files["articles"]]
+        dated = None not in days_of  # date= partitions hold article days: the window is known from the names
+        latest = max((d for d in days_of if d and d <= now.date()), default=None) if dated else None
+        self.window = w = self._window(days, until or latest or now.date(), now)
+        # entities only for the window and the one before it (all of them in other layouts)
+        near = [d is None or w.previous_start <= d <= w.content_end for d in days_of]
+        rows = pa.concat_tables([
+            self.read("articles", [f for f, n in zip(self.files["articles"], near) if n], ARTICLE_COLUMNS + ["entities"]),
+            self.read("articles", [f for f, n in zip(self.files["articles"], near) if not n], ARTICLE_COLUMNS)],
+            promote_options="default")
+        self.con.register("article_rows", rows)
+        self.con.execute(f"CREATE TEMP TABLE articles AS SELECT * EXCLUDE (entities), {DAY} AS day FROM article_rows")
+        if until is None and not dated:
+            self.window = w = self._window(days, None, now)
+        self.con.execute(f"CREATE TEMP TABLE mentions AS SELECT coalesce(language, ?) AS language, article_id, day, "
+                         f"unnest(entities) AS e FROM (SELECT *, {DAY} AS day FROM article_rows) "
+                         f"WHERE day BETWEEN ? AND ?", [UNKNOWN_LANGUAGE, w.previous_start, w.content_end])
+        self.con.register("error_rows", self.read("errors", self.since(self.files["errors"], w.ops_start.date())))
+        self.con.execute('CREATE TEMP TABLE errors AS SELECT * FROM error_rows WHERE "at" BETWEEN ? AND ?',
                          [w.ops_start, w.ops_end])
 
-    def _file(self, rel: str) -> str:
-        return self.store.path(rel) if self.store.is_local else self.store.full_url(rel)
+    def read(self, dataset: str, files: list[str], columns: list[str] | None = None) -> pa.Table:
+        """The contract's ``columns`` of the files, as one Arrow table: columns other writers added are left
+        out, columns older files lack are null."""
+        schema = SCHEMAS[dataset]
+        schema = pa.schema([schema.field(c) for c in columns]) if columns else schema
+        if not files:
+            return schema.empty_table()
+        paths = [self.store.path(rel) for rel in files]
+        return ds.dataset(paths, schema=schema, format="parquet",
+                          filesystem=None if self.store.is_local else self.store.fs).to_table()
 
-    def source(self, dataset: str, since: date | None = None) -> str:
-        """A FROM clause over the dataset's files (union_by_name: files with more or fewer columns mix), less
-        the date= partitions before ``since``; an empty table of the contract's columns when there are none."""
-        files = [f for f in self.files[dataset] if since is None or (partition_day(f) or since) >= since]
-        if files:
-            return f"read_parquet({files!r}, hive_partitioning = true, union_by_name = true)"
-        self.con.register(f"no_{dataset}", SCHEMAS[dataset].empty_table())
-        return f"no_{dataset}"
+    @staticmethod
+    def since(files: list[str], day: date) -> list[str]:
+        """The files, less those of date= partitions before ``day`` (other layouts: all of them)."""
+        return [f for f in files if (partition_day(f) or day) >= day]
 
     def _window(self, days: int, until: date | None, now: datetime) -> Window:
-        if until is None:  # the latest article day not after today: from the date= partitions where they are
-            days_seen = [partition_day(f) for f in self.files["articles"]]
-            if None in days_seen:
-                days_seen = [self.con.execute(f"SELECT max({DAY}) FROM {self.source('articles')} WHERE {DAY} <= ?",
-                                              [now.date()]).fetchone()[0]]
-            until = max((d for d in days_seen if d and d <= now.date()), default=None) or now.date()
+        if until is None:  # the latest article day not after today
+            until = self.con.execute("SELECT max(day) FROM articles WHERE day <= ?", [now.date()]).fetchall()[0][0]
+            until = until or now.date()
         ops_end = now
         if self.run_ids:
             last = self.store.read_json(f"{RUNS}/{self.run_ids[-1]}.json", default={}) or {}
@@ -252,11 +267,10 @@ def entities(lake: Lake, w: Window, top: int = 10) -> dict[str, list[dict[str, A
     ``top`` rising most against the previous window of the same length (articles now minus then)."""
     lake.con.execute(
         "CREATE OR REPLACE TEMP TABLE entity_counts AS "
-        "SELECT coalesce(language, ?) AS language, e.label AS label, e.text AS text, "
+        "SELECT language, e.label AS label, e.text AS text, "
         "count(DISTINCT article_id) FILTER (WHERE day >= ?) AS articles, "
         "count(DISTINCT article_id) FILTER (WHERE day < ?) AS previous "
-        "FROM (SELECT language, article_id, day, unnest(entities) AS e FROM articles WHERE day BETWEEN ? AND ?) "
-        "GROUP BY ALL", [UNKNOWN_LANGUAGE, w.content_start, w.content_start, w.previous_start, w.content_end])
+        "FROM mentions GROUP BY ALL", [w.content_start, w.content_start])
     tops = lake.sql(
         "SELECT language, label, text, articles, previous FROM entity_counts WHERE articles > 0 "
         "QUALIFY row_number() OVER (PARTITION BY language, label ORDER BY articles DESC, text) <= ? "
