@@ -97,10 +97,13 @@ def errors_figure(m: Metrics):
         rows = [r for r in m.errors_by_status if r["stage"] == stage]
         fig.add_trace(go.Bar(x=[r["status"] for r in rows], y=[r["n"] for r in rows], name=stage,
                              marker_color=STAGE_COLORS.get(stage), legendgroup=stage, showlegend=False), 1, 2)
-    sources = sorted({r["source"] or "?" for r in m.errors_by_stage})
+    totals: dict[str, int] = {}
+    for r in m.errors_by_stage:
+        totals[r["source"] or "?"] = totals.get(r["source"] or "?", 0) + r["n"]
+    sources = sorted(totals, key=lambda s: (-totals[s], s))  # most errors on top
     fig.update_layout(barmode="stack", height=160 + 24 * max(len(sources), 4),
                       margin={"l": 10, "r": 10, "t": 40, "b": 40}, legend={"title": {"text": "stage"}})
-    fig.update_yaxes(type="category", autorange="reversed", row=1, col=1)
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=sources, autorange="reversed", row=1, col=1)
     fig.update_xaxes(type="category", title_text="HTTP status", row=1, col=2)
     return fig
 
@@ -115,7 +118,7 @@ def syndication_figure(m: Metrics):
         x=originals, y=copiers, z=[[counts.get((c, o)) for o in originals] for c in copiers],
         colorscale="Oranges", xgap=2, ygap=2, texttemplate="%{z}", colorbar={"title": {"text": "copies"}},
         hovertemplate="%{y} ran %{z} copies of %{x}<extra></extra>"))
-    fig.update_layout(height=180 + 30 * len(copiers), margin={"l": 10, "r": 10, "t": 10, "b": 40},
+    fig.update_layout(height=200 + 22 * len(copiers), margin={"l": 10, "r": 10, "t": 10, "b": 40},
                       xaxis={"title": {"text": "original outlet"}, "type": "category"},
                       yaxis={"title": {"text": "copying outlet"}, "type": "category", "autorange": "reversed"})
     return fig
