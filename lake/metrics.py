@@ -1,7 +1,8 @@
 """What the lake says, as plain numbers: the query layer behind ``warta report`` and ``warta stats``.
 
-Knows nothing of HTML. Everything is read defensively: files are read with ``union_by_name`` (columns added
-later are fine, missing ones are null), state keys that an older or newer writer lacks count as unknown.
+Knows nothing of HTML. Everything is read defensively: files are read with the contract's columns (columns other
+writers add are ignored, columns older files lack are null; any partition layout and file count), and state keys
+that an older or newer writer lacks count as unknown.
 
 Two clocks: the **content** sections (articles per outlet and day, syndication, entities) use the article's day,
 as in the lake's ``date=`` partitions (published day, else fetch day, UTC); the **operations** sections (feed
@@ -166,8 +167,9 @@ class Lake:
 
 
 # -- 1. articles per outlet per day ----------------------------------------------------------------
-def articles_per_day(lake: Lake, w: Window) -> list[dict[str, Any]]:
+def articles_per_day(lake: Lake) -> list[dict[str, Any]]:
     """(source, day, articles) for every day of the window with at least one article."""
+    w = lake.window
     return lake.sql("SELECT source, day, count(*) AS articles FROM articles WHERE day BETWEEN ? AND ? "
                     "GROUP BY ALL ORDER BY source, day", w.content_start, w.content_end)
 
@@ -180,12 +182,13 @@ def outlets(lake: Lake) -> list[str]:
 
 
 # -- 2. feed health --------------------------------------------------------------------------------
-def feed_health(lake: Lake, w: Window) -> list[dict[str, Any]]:
+def feed_health(lake: Lake) -> list[dict[str, Any]]:
     """One row per feed URL, failing feeds first, then by the share of failed entries/pages."""
+    w = lake.window
     a = lake.sql("SELECT feed_url, any_value(source) AS source, count(*) AS n FROM articles "
                  "WHERE fetched_at >= ? AND fetched_at <= ? GROUP BY feed_url", w.ops_start, w.ops_end)
     e = lake.sql("SELECT feed_url, any_value(source) AS source, stage, status, (url = feed_url) AS feed_level, "
-                 "count(*) AS n FROM errors WHERE \"at\" >= ? AND \"at\" <= ? GROUP BY ALL", w.ops_start, w.ops_end)
+                 "count(*) AS n FROM errors GROUP BY ALL")  # errors holds the operations window
     pending: dict[str, int] = {}
     for entry in lake.backlog():
         pending[entry.get("feed_url")] = pending.get(entry.get("feed_url"), 0) + 1
@@ -229,22 +232,22 @@ def feed_health(lake: Lake, w: Window) -> list[dict[str, Any]]:
                                                  -r["poll_failures"], r["source"] or "", r["feed_url"]))
 
 
-def errors_by_stage(lake: Lake, w: Window) -> list[dict[str, Any]]:
-    return lake.sql("SELECT source, stage, count(*) AS n FROM errors WHERE \"at\" >= ? AND \"at\" <= ? "
-                    "GROUP BY ALL ORDER BY source, stage", w.ops_start, w.ops_end)
+def errors_by_stage(lake: Lake) -> list[dict[str, Any]]:
+    return lake.sql("SELECT source, stage, count(*) AS n FROM errors GROUP BY ALL ORDER BY source, stage")
 
 
-def errors_by_status(lake: Lake, w: Window) -> list[dict[str, Any]]:
+def errors_by_status(lake: Lake) -> list[dict[str, Any]]:
     return lake.sql("SELECT stage, coalesce(CAST(status AS VARCHAR), 'none') AS status, count(*) AS n FROM errors "
-                    "WHERE \"at\" >= ? AND \"at\" <= ? GROUP BY ALL ORDER BY stage, status", w.ops_start, w.ops_end)
+                    "GROUP BY ALL ORDER BY stage, status")
 
 
 # -- 3. syndication --------------------------------------------------------------------------------
 NOT_IN_LAKE = "(not in lake)"
 
 
-def syndication(lake: Lake, w: Window, clusters: int = 10) -> dict[str, Any]:
+def syndication(lake: Lake, clusters: int = 10) -> dict[str, Any]:
     """Copies (articles with ``duplicate_of``) of the window: copier x original outlet, largest clusters."""
+    w = lake.window
     pairs = lake.sql(
         "SELECT c.source AS copier, coalesce(o.source, ?) AS original, count(*) AS copies "
         "FROM articles c LEFT JOIN articles o ON o.article_id = c.duplicate_of "
@@ -262,9 +265,10 @@ def syndication(lake: Lake, w: Window, clusters: int = 10) -> dict[str, Any]:
 
 
 # -- 4. entities -----------------------------------------------------------------------------------
-def entities(lake: Lake, w: Window, top: int = 10) -> dict[str, list[dict[str, Any]]]:
+def entities(lake: Lake, top: int = 10) -> dict[str, list[dict[str, Any]]]:
     """Per language: the ``top`` entities of each label by articles mentioning them in the window, and the
     ``top`` rising most against the previous window of the same length (articles now minus then)."""
+    w = lake.window
     lake.con.execute(
         "CREATE OR REPLACE TEMP TABLE entity_counts AS "
         "SELECT language, e.label AS label, e.text AS text, "
@@ -284,7 +288,8 @@ def entities(lake: Lake, w: Window, top: int = 10) -> dict[str, list[dict[str, A
 
 
 # -- 5. runs ---------------------------------------------------------------------------------------
-def run_history(lake: Lake, w: Window) -> list[dict[str, Any]]:
+def run_history(lake: Lake) -> list[dict[str, Any]]:
+    w = lake.window
     out = []
     for m in lake.runs(w.ops_start):
         s = m.get("summary") or {}
@@ -321,8 +326,7 @@ class Metrics:
 def collect(url: str, storage_options: dict[str, Any] | None = None, days: int = 7,
             until: date | None = None) -> Metrics:
     lake = Lake(url, storage_options, days, until)
-    w = lake.window
-    return Metrics(lake=url, window=w, outlets=outlets(lake), articles_per_day=articles_per_day(lake, w),
-                   feed_health=feed_health(lake, w), errors_by_stage=errors_by_stage(lake, w),
-                   errors_by_status=errors_by_status(lake, w), syndication=syndication(lake, w),
-                   entities=entities(lake, w), runs=run_history(lake, w))
+    return Metrics(lake=url, window=lake.window, outlets=outlets(lake), articles_per_day=articles_per_day(lake),
+                   feed_health=feed_health(lake), errors_by_stage=errors_by_stage(lake),
+                   errors_by_status=errors_by_status(lake), syndication=syndication(lake), entities=entities(lake),
+                   runs=run_history(lake))
