@@ -220,7 +220,9 @@ def merge_feed_state(store: Store, states: list[dict[str, Any]], run_id: str) ->
     current = store.read_json(FEEDS_FILE, default={}) or {}
     for s in states:
         entry = dict(current.get(s["feed_url"], {}))
-        entry.update(source=s["source"], last_status=s["status"], last_run=run_id)
+        entry.update(source=s["source"], last_status=s["status"], last_run=run_id, entries_new=s.get("entries_new", 0))
+        if s["status"] != "failed":
+            entry["last_success"] = run_id
         if s["status"] in ("ok", "capped"):
             entry.update(etag=s.get("etag"), last_modified=s.get("last_modified"))
         current[s["feed_url"]] = entry

@@ -233,6 +233,8 @@ def run_every(interval: float, feeds, settings: Settings, output: str, beam_args
 # Imported only when chosen, so `warta run` never pays for another command's imports.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.cli:run", "poll the feeds once (or --every INTERVAL) and commit to the lake"),
+    "report": ("pipeline.report:report", "write one self-contained HTML page about the lake (--output, --days, --to)"),
+    "stats": ("pipeline.report:stats", "print the lake's key numbers as a plain table (for terminals and cron mail)"),
 }
 
 
