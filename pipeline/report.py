@@ -189,15 +189,22 @@ def render(m: Metrics) -> str:
         metrics_json=m.to_json().replace("</", "<\\/"))
 
 
-def report(argv: list[str]) -> int:
-    p = parser("warta report", "Write one self-contained HTML page about the lake (opens offline).")
-    p.add_argument("--to", default="report.html", help="where to write the page (path or fsspec URL)")
+def parse_and_load(p, argv: list[str]):
+    """(namespace, metrics), or the exit status when the flags or the lake are unusable."""
     ns = parse(p, argv)
     if isinstance(ns, int):
         return ns
     m = load_metrics(ns, p.prog)
-    if isinstance(m, int):
-        return m
+    return m if isinstance(m, int) else (ns, m)
+
+
+def report(argv: list[str]) -> int:
+    p = parser("warta report", "Write one self-contained HTML page about the lake (opens offline).")
+    p.add_argument("--to", default="report.html", help="where to write the page (path or fsspec URL)")
+    loaded = parse_and_load(p, argv)
+    if isinstance(loaded, int):
+        return loaded
+    ns, m = loaded
     with fsspec.open(ns.to, "w", encoding="utf-8") as fh:
         fh.write(render(m))
     print(f"warta report: {ns.to} ({m.window.content_start} – {m.window.content_end})", file=sys.stderr)
@@ -273,12 +280,10 @@ def outlet_rows(m: Metrics) -> list[tuple[str, ...]]:
 
 def stats(argv: list[str]) -> int:
     p = parser("warta stats", "Print the lake's key numbers as a plain table (for terminals and cron mail).")
-    ns = parse(p, argv)
-    if isinstance(ns, int):
-        return ns
-    m = load_metrics(ns, p.prog)
-    if isinstance(m, int):
-        return m
+    loaded = parse_and_load(p, argv)
+    if isinstance(loaded, int):
+        return loaded
+    _, m = loaded
     print(f"warta stats: {m.lake}\n")
     print(table(key_numbers(m)))
     if m.outlets:
