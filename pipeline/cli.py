@@ -74,7 +74,7 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
     t0 = time.monotonic()
     store = Store(output, settings.storage_options)
     run_id = new_run_id()
-    with RunLock(store, run_id, ttl=settings.lock_ttl):
+    with RunLock(store, run_id, ttl=settings.lock_ttl) as lock:
         recover(store, settings.dedup.window_days)
         options = beam_options(beam_args, runner, dask_address)
         workers, ner_batching, join_sinks = parallel_layout(options, runner, settings)
@@ -91,7 +91,7 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
         paths = plan.ner_paths()
         stats["no_model"] = [lang for lang in stats.pop("languages") if not paths.get(lang)] if settings.ner.enabled else []
         stats["seconds"] = round(time.monotonic() - t0, 2)
-        commit(store, run_id, stats, settings.dedup.window_days)
+        commit(store, run_id, stats, settings.dedup.window_days, fence=lock.check)
     log.info(summary_line(stats, stats["seconds"]))
     return stats
 
