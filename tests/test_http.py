@@ -14,6 +14,7 @@ from config.settings import HttpSettings
 from pipeline.loopback import Route
 from net import http
 from net.http import FetchError, HostDeferred, HttpClient, decode_html, is_private_host
+from transforms.extract import extract_article
 from transforms.fetch import fetch_one
 
 
@@ -248,6 +249,16 @@ def test_latin1_header_over_a_utf8_page_is_not_believed():
     page = "<html><body><p>Kata Sánchez, “hari ini” — 25 °C</p></body></html>".encode("utf-8")
     html, charset = decode_html(page, "ISO-8859-1")
     assert charset == "utf-8" and "Sánchez, “hari ini” — 25 °C" in html and "Ã" not in html
+
+
+def test_latin1_header_on_a_utf8_page_end_to_end_through_fetch_and_extract(server):
+    body = " ".join(["Menurut Sánchez, “pemerintah” akan membangun jembatan baru di Jakarta — kata pejabat."] * 6)
+    page = f"<html><head><title>Jembatan</title></head><body><article><p>{body}</p></article></body></html>"
+    server.routes["/berita.html"] = Route(page.encode("utf-8"), "text/html; charset=ISO-8859-1")
+    kind, fetched = fetch_one({"url": server.url("/berita.html"), "feed_url": "f", "source": "s"}, client())
+    assert kind == "page" and fetched["charset"] == "utf-8"
+    row = extract_article(fetched)
+    assert "Sánchez, “pemerintah”" in row["text"] and "Ã" not in row["text"] and row["charset"] == "utf-8"
 
 
 def test_one_bad_byte_in_utf8_is_one_replacement_not_mojibake():
