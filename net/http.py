@@ -2,7 +2,8 @@
 
 - our own User-Agent; only http/https; optional refusal of private/link-local targets
 - retries with backoff on connection errors, 429 and 5xx (urllib3 ``Retry``); a ``Retry-After`` longer than
-  ``max_retry_after`` is not waited for: the host is deferred to the next run (:class:`HostDeferred`)
+  ``max_retry_after`` is not waited for, and the host is deferred to the next run (:class:`HostDeferred`),
+  as it is after a 429 that outlasted the retries
 - redirects followed one hop at a time (capped), each hop's scheme and, when configured, address checked
 - connect/read timeouts plus a total deadline per response (slow-drip bodies are cut off)
 - a cap on the *decoded* body size, so gzip/deflate bombs stop at the cap
@@ -246,10 +247,13 @@ class HttpClient:
         resp = self._open(url, headers)
         try:
             wait = retry_after_seconds(resp.headers.get("Retry-After"))
-            if resp.status_code in (429, 503) and wait is not None and wait > self.settings.max_retry_after:
+            if (resp.status_code == 429 or resp.status_code >= 500) and (wait or 0) > self.settings.max_retry_after:
                 raise HostDeferred(f"HTTP {resp.status_code} with Retry-After {wait:.0f}s (more than "
                                    f"{self.settings.max_retry_after:g}s): deferred to the next run",
                                    status=resp.status_code, url=url)
+            if resp.status_code == 429:
+                raise HostDeferred("HTTP 429 (too many requests) after retries: deferred to the next run",
+                                   status=429, url=url)
             chunks, size = [], 0
             while True:
                 if time.monotonic() > deadline:

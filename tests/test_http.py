@@ -199,6 +199,16 @@ def test_long_retry_after_on_a_feed_poll_is_an_error_not_a_wait(server):
     assert server.paths_requested() == ["/feed.xml"]
 
 
+def test_rate_limited_host_is_deferred_after_the_retries(server):
+    server.routes["/a"] = Route("slow down", status=429, conditional=False)
+    server.routes["/b"] = Route("<p>b</p>")
+    c = client(retries=1)
+    for path in ("/a", "/b"):
+        with pytest.raises(HostDeferred, match="HTTP 429"):
+            c.polite_get(server.url(path))
+    assert server.paths_requested() == ["/robots.txt", "/a", "/a"]
+
+
 def test_short_retry_after_is_honoured(server):
     calls = []
 
