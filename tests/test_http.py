@@ -303,3 +303,61 @@ def test_host_throttle_spaces_requests(server):
     for _ in range(3):
         c.polite_get(server.url("/a"))
     assert time.monotonic() - t0 >= 0.5
+
+
+@pytest.mark.slow
+def test_deferred_hosts_do_not_stall_a_run_and_are_fetched_by_the_next(server, tmp_path, fast_config):
+    """A loopback world run twice: one host answers 429 with Retry-After: 3600, another's robots.txt answers
+    503. The first run finishes at once, leaving each of their pages as one transient error row; once both
+    hosts are healthy, the next run stores every article exactly once."""
+    import subprocess
+    import sys
+
+    import pyarrow.dataset as ds
+
+    from conftest import ROOT, T0, seed_article
+    from pipeline.example import rss_feed, wordpress_page
+    from pipeline.loopback import LoopbackServer
+
+    _, paras = seed_article()
+    with LoopbackServer() as other:
+        pages = {server.url(f"/berita/{n}.html"): server for n in range(3)}
+        pages |= {other.url(f"/b/{n}.html"): other for n in (3, 4)}
+        for n, (url, host) in enumerate(pages.items()):
+            host.routes[url.split(host.base, 1)[1]] = Route(wordpress_page(
+                title=f"Berita {n}", paragraphs=paras[2 * n:2 * n + 2], url=url, published=T0, author="Redaksi"))
+        healthy = server.routes["/berita/0.html"]
+        server.routes["/berita/0.html"] = Route("slow down", status=429, headers={"Retry-After": "3600"},
+                                                conditional=False)
+        other.routes["/robots.txt"] = Route("down", status=503)
+        server.routes["/feed.xml"] = Route(rss_feed(title="Dua", link=server.base, items=[
+            {"title": f"Berita {n}", "link": url, "published": T0} for n, url in enumerate(pages)]),
+            "application/rss+xml", conditional=False)  # no validators: the next run sees the same items
+        feeds = tmp_path / "feeds.yaml"
+        feeds.write_text(f"feeds:\n  - {{name: dua, url: '{server.url('/feed.xml')}', language: id}}\n")
+        out = tmp_path / "lake"
+
+        def run():
+            res = subprocess.run([sys.executable, str(ROOT / "run_local.py"), "--feeds", str(feeds), "--output",
+                                  str(out), "--config", str(fast_config), "--no-ner"],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=300)
+            assert res.returncode == 0, res.stderr[-3000:]
+
+        def table(name):
+            return ds.dataset(str(out / name), format="parquet", partitioning="hive").to_table().to_pylist()
+
+        run()
+        errors = table("errors")
+        assert sorted((e["url"], e["stage"], e["status"]) for e in errors) == sorted(
+            (url, "fetch", 429 if host is server else 503) for url, host in pages.items())
+        assert all("deferred to the next run" in e["error"] for e in errors)
+        assert not (out / "articles").exists()
+        assert server.paths_requested().count("/berita/0.html") == 1  # neither retried nor waited for
+        assert not [p for p in server.paths_requested() + other.paths_requested() if p.startswith(("/berita/1",
+                    "/berita/2", "/b/"))]  # the rest of each host was left alone
+
+        server.routes["/berita/0.html"] = healthy
+        other.routes["/robots.txt"] = Route("User-agent: *\nAllow: /\n", "text/plain")
+        run()
+        urls = sorted(r["url"] for r in table("articles"))
+        assert urls == sorted(pages)  # every article, once
