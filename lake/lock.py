@@ -151,14 +151,16 @@ class LocalLease(Lease):
 
 
 class S3Lease(Lease):
-    """S3 conditional requests: version = ETag; ``If-None-Match: *`` to create, ``If-Match`` to replace/delete."""
+    """S3 conditional requests: version = ETag; ``If-None-Match: *`` to create, ``If-Match`` to replace/delete.
+    A store that answers NotImplemented to a condition (some S3-compatible ones) gets read-compare-write."""
 
     def __init__(self, store: Store, rel: str):
         super().__init__(store, rel)
         self.bucket, self.key, _ = self.fs.split_path(self.path)
+        self.conditions = True
 
-    def _conditional(self, method: str, **kw) -> dict | None:
-        """The response, or None when the condition failed (or lost to a concurrent conditional write)."""
+    def _call(self, method: str, **kw) -> dict | None:
+        """The response; None when the condition failed (or lost to a concurrent conditional write)."""
         try:
             return self.fs.call_s3(method, Bucket=self.bucket, Key=self.key, **kw)
         except FileNotFoundError:
@@ -167,12 +169,24 @@ class S3Lease(Lease):
             code = getattr(e.__cause__, "response", {}).get("Error", {}).get("Code")
             if isinstance(e, FileExistsError) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
                 return None
+            if code == "NotImplemented" and self.conditions and {"IfMatch", "IfNoneMatch"} & kw.keys():
+                log.warning("%s has no conditional writes: its lock falls back to read-compare-write", self.store.url)
+                self.conditions = False
+                raise _Unsupported from None
             raise
+
+    def _write(self, method: str, condition: dict[str, str], unchanged, **kw) -> dict | None:
+        if self.conditions:
+            try:
+                return self._call(method, **kw, **condition)
+            except _Unsupported:
+                pass
+        return self._call(method, **kw) if unchanged(self.read()) else None
 
     def read(self) -> tuple[bytes, Any] | None:
         # ETag first, then the body: if the object changes in between, the ETag is the older one and any
         # conditional write made with it fails, so a decision is never applied to a newer lock
-        head = self._conditional("head_object")
+        head = self._call("head_object")
         if head is None:
             return None
         try:
@@ -182,15 +196,19 @@ class S3Lease(Lease):
         return data, head["ETag"]
 
     def create(self, data: bytes) -> Any | None:
-        resp = self._conditional("put_object", Body=data, IfNoneMatch="*")
+        resp = self._write("put_object", {"IfNoneMatch": "*"}, lambda held: held is None, Body=data)
         return resp and resp["ETag"]
 
     def replace(self, data: bytes, version: Any) -> Any | None:
-        resp = self._conditional("put_object", Body=data, IfMatch=version)
+        resp = self._write("put_object", {"IfMatch": version}, lambda held: held and held[1] == version, Body=data)
         return resp and resp["ETag"]
 
     def remove(self, version: Any) -> bool:
-        return self._conditional("delete_object", IfMatch=version) is not None
+        return self._write("delete_object", {"IfMatch": version}, lambda held: held and held[1] == version) is not None
+
+
+class _Unsupported(Exception):
+    """The store rejected a conditional request as not implemented."""
 
 
 def lease_for(store: Store, rel: str) -> Lease:

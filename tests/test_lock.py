@@ -114,3 +114,25 @@ def test_heartbeat_keeps_a_live_lock_fresh(stores):
         lock.check()
     finally:
         lock.release()
+
+
+def test_s3_compatible_store_without_conditional_writes_falls_back(s3):
+    options = {"endpoint_url": s3["FSSPEC_S3_ENDPOINT_URL"], "key": "test", "secret": "test",
+               "client_kwargs": {"region_name": "us-east-1"}, "skip_instance_cache": True}
+    store = Store("s3://lake/plain", options)
+    call = store.fs.call_s3
+
+    def no_conditions(method, **kw):  # like a store answering 501 NotImplemented to If-Match/If-None-Match
+        if {"IfMatch", "IfNoneMatch"} & kw.keys():
+            error = OSError("not implemented")
+            error.__cause__ = type("ClientError", (Exception,), {"response": {"Error": {"Code": "NotImplemented"}}})()
+            raise error
+        return call(method, **kw)
+    store.fs.call_s3 = no_conditions
+    lock = RunLock(store, "plain", ttl=2)
+    lock.acquire()
+    with pytest.raises(LockedError, match="in use by run plain"):
+        RunLock(Store("s3://lake/plain", options), "other").acquire()
+    lock.check()
+    lock.release()
+    assert not store.exists(LOCK)
