@@ -12,8 +12,10 @@ The lock is a small JSON record (run id, host, pid, heartbeat time) changed only
   a run that no longer holds the lock (``LockLost``) commits nothing (its staging is discarded later);
 * release is a conditional delete of the holder's own version, so it never removes another run's lock.
 
-Other fsspec stores (``memory://``, GCS) create with ``pipe_file(mode="create")`` (exclusive where the backend
-implements it) and replace by read-compare-write, which is not atomic: run one writer at a time there.
+Other fsspec stores create with ``pipe_file(mode="create")``, exclusive where the backend implements it (gcsfs:
+``ifGenerationMatch=0``, marked experimental there), and replace/delete by read-compare-write, which is not
+atomic: on GCS a stale takeover can still race (generation preconditions for replace/delete are not wired:
+gcsfs has no public API for them and no GCS emulator was at hand to test them).
 """
 
 from __future__ import annotations
