@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from lake import faults
-from lake.lock import LockedError, LockLost, RunLock  # noqa: F401  (re-exported: the lock lives in lake.lock)
+from lake.lock import LockedError, LockLost, RunLock  # noqa: F401  (LockedError, RunLock: re-exported)
 from lake.state import FEEDS_FILE, INDEX_DIR, compact_index
 from lake.store import Store
 from transforms.write import staging_dir
@@ -78,13 +78,17 @@ def commit(store: Store, run_id: str, summary: dict[str, Any], window_days: int,
            fence: Callable[[], None] | None = None) -> dict[str, Any]:
     """Make a finished run's staged output visible, then advance the state. Returns the manifest.
     ``fence`` (the run lock's :meth:`~lake.lock.RunLock.check`) runs right before the commit point and raises
-    when this run no longer holds the output."""
+    :class:`LockLost` when this run no longer holds the output (its staging is then removed)."""
     files = [f for f in staged_files(store, run_id) if f != "COMMIT"]
     manifest = {"run_id": run_id, "files": sorted(files), "summary": summary,
                 "committed_at": datetime.now(timezone.utc).isoformat()}
     faults.point("staged")
     if fence is not None:
-        fence()
+        try:
+            fence()
+        except LockLost:  # another run holds the output now: this run's staging is dropped, unpublished
+            store.remove(staging_dir(run_id), recursive=True)
+            raise
     store.write_json(f"{staging_dir(run_id)}/COMMIT", manifest)  # the commit point
     publish(store, run_id, manifest, window_days)
     return manifest
