@@ -49,6 +49,7 @@ class HttpSettings(Strict):
     max_redirects: int = 5
     retries: int = 2
     backoff: float = 0.5
+    max_retry_after: float = 60.0  # a longer Retry-After is not waited for: the host is left for the next run
     respect_robots: bool = True
     host_delay: float = 1.0  # seconds between requests to one host (robots crawl-delay wins if larger)
     max_crawl_delay: float = 30.0  # a robots crawl-delay above this is clamped

@@ -1,4 +1,4 @@
-"""Exactly-once publication of a run, and the lock that keeps two runs apart.
+"""Exactly-once publication of a run (the lock that keeps two runs apart is in :mod:`lake.lock`).
 
 A run's pipeline writes only into ``_state/pending/<run_id>/`` (see :mod:`transforms.write`). Then:
 
@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import threading
-import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from lake import faults
+from lake.lock import LockedError, LockLost, RunLock  # noqa: F401  (LockedError, RunLock: re-exported)
 from lake.state import FEEDS_FILE, INDEX_DIR, compact_index
 from lake.store import Store
 from transforms.write import staging_dir
@@ -37,97 +34,10 @@ log = logging.getLogger(__name__)
 PENDING = "_state/pending"
 BACKLOG = "_state/backlog"  # entries polled but not fetched yet: taken first by the next run
 RUNS = "_state/runs"
-LOCK = "_state/LOCK"
-
-
-class LockedError(RuntimeError):
-    """Another live run holds the output's lock."""
 
 
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class RunLock:
-    """A lease file at ``_state/LOCK``; refreshed by a heartbeat thread while held.
-
-    Taken over when stale: its holder's process is gone (same host), or it missed heartbeats for
-    ``ttl`` seconds (any host). Local disks create it exclusively (O_EXCL); object stores write it and
-    read it back to confirm ownership.
-    """
-
-    def __init__(self, store: Store, run_id: str, ttl: float = 3600.0):
-        self.store, self.run_id, self.ttl = store, run_id, ttl
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _record(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
-
-    def _stale(self, held: dict[str, Any]) -> bool:
-        if held.get("host") == socket.gethostname() and not _pid_alive(int(held.get("pid", -1))):
-            return True
-        return time.time() - float(held.get("heartbeat", 0)) > self.ttl
-
-    def acquire(self) -> None:
-        for _ in range(3):
-            held = self.store.read_json(LOCK)
-            if held is not None:
-                if not self._stale(held):
-                    raise LockedError(
-                        f"output is in use by run {held.get('run_id')} (host {held.get('host')}, pid {held.get('pid')}); "
-                        f"wait for it to finish, or remove {self.store.full_url(LOCK)} if you are sure it is dead")
-                log.warning("taking over a stale lock from run %s", held.get("run_id"))
-                self.store.remove(LOCK)
-            data = json.dumps(self._record()).encode()
-            if self.store.is_local:
-                self.store.fs.makedirs(self.store.path("_state"), exist_ok=True)
-                try:
-                    fd = os.open(self.store.path(LOCK), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                except FileExistsError:
-                    continue
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-            else:
-                self.store.write_bytes(LOCK, data)
-                time.sleep(0.2)
-                if (self.store.read_json(LOCK) or {}).get("run_id") != self.run_id:
-                    continue
-            self._thread = threading.Thread(target=self._beat, name="warta-lock", daemon=True)
-            self._thread.start()
-            return
-        raise LockedError("could not take the output's lock: another run is starting at the same moment")
-
-    def _beat(self) -> None:
-        while not self._stop.wait(max(1.0, self.ttl / 4)):
-            try:
-                self.store.write_bytes(LOCK, json.dumps(self._record()).encode())
-            except Exception:  # a missed heartbeat only makes the lock look older
-                log.warning("lock heartbeat failed", exc_info=True)
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:  # a heartbeat in flight must not re-create the lock after removal
-            self._thread.join(timeout=30)
-        if (self.store.read_json(LOCK) or {}).get("run_id") == self.run_id:
-            self.store.remove(LOCK)
-
-    def __enter__(self) -> "RunLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 def staged_files(store: Store, run_id: str) -> list[str]:
@@ -182,13 +92,21 @@ def summarize_staged(store: Store, run_id: str) -> dict[str, Any]:
 
 
 def commit(store: Store, run_id: str, summary: dict[str, Any], window_days: int,
-           backlog_taken: list[str] = ()) -> dict[str, Any]:
+           backlog_taken: list[str] = (), fence: Callable[[], None] | None = None) -> dict[str, Any]:
     """Make a finished run's staged output visible, then advance the state. Returns the manifest.
-    ``backlog_taken``: the backlog files this run read (their entries were fetched or are staged again)."""
+    ``backlog_taken``: the backlog files this run read (their entries were fetched or are staged again).
+    ``fence`` (the run lock's :meth:`~lake.lock.RunLock.check`) runs right before the commit point and raises
+    :class:`LockLost` when this run no longer holds the output (its staging is then removed)."""
     files = [f for f in staged_files(store, run_id) if f != "COMMIT"]
     manifest = {"run_id": run_id, "files": sorted(files), "summary": summary, "backlog_taken": list(backlog_taken),
                 "committed_at": datetime.now(timezone.utc).isoformat()}
     faults.point("staged")
+    if fence is not None:
+        try:
+            fence()
+        except LockLost:  # another run holds the output now: this run's staging is dropped, unpublished
+            store.remove(staging_dir(run_id), recursive=True)
+            raise
     store.write_json(f"{staging_dir(run_id)}/COMMIT", manifest)  # the commit point
     publish(store, run_id, manifest, window_days)
     return manifest

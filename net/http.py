@@ -1,26 +1,35 @@
 """Polite, bounded HTTP: one client per worker, shared by the feed and page stages.
 
 - our own User-Agent; only http/https; optional refusal of private/link-local targets
-- retries with backoff on connection errors, 429 and 5xx (urllib3 ``Retry``), capped redirects
+- retries with backoff on connection errors, 429 and 5xx (urllib3 ``Retry``); a ``Retry-After`` longer than
+  ``max_retry_after`` is not waited for, and the host is deferred to the next run (:class:`HostDeferred`),
+  as it is after a 429 that outlasted the retries
+- redirects followed one hop at a time (capped), each hop's scheme and, when configured, address checked
 - connect/read timeouts plus a total deadline per response (slow-drip bodies are cut off)
 - a cap on the *decoded* body size, so gzip/deflate bombs stop at the cap
-- robots.txt per host (``urllib.robotparser``; RFC 9309: 4xx = allow all, 5xx/unreachable = disallow all)
+- robots.txt per host (``protego``, RFC 9309: wildcards, longest match; 4xx = allow all; 5xx or unreachable =
+  try later: the host is deferred to the next run, never remembered as "disallow all")
 - one request at a time per host, spaced by ``host_delay`` or the robots crawl-delay, whichever is larger
+- page decoding in the WHATWG order (:func:`decode_html`), with replacement, returning the charset used
 """
 
 from __future__ import annotations
 
+import codecs
+import email.utils
 import ipaddress
 import re
 import socket
 import threading
 import time
-import urllib.robotparser
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
+import charset_normalizer
 import requests
+from protego import Protego
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
 from config.settings import HttpSettings
@@ -37,6 +46,40 @@ class FetchError(Exception):
         self.status = status
         self.stage = stage
         self.url = url
+
+
+class HostDeferred(FetchError):
+    """The host asked us to come back later (a ``Retry-After`` beyond ``max_retry_after``, or robots.txt
+    answering 5xx or unreachable): nothing more is asked of it in this run, its URLs are retried next run."""
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    when = email.utils.parsedate_tz(value)
+    return None if when is None else max(0.0, email.utils.mktime_tz(when) - time.time())
+
+
+class CappedRetry(Retry):
+    """urllib3 retries, except that a ``Retry-After`` longer than ``max_retry_after`` ends them at once
+    (the response is returned, and :meth:`HttpClient.get` defers the host) instead of sleeping."""
+
+    max_retry_after: float = 60.0
+
+    def new(self, **kw) -> "CappedRetry":
+        retry = super().new(**kw)
+        retry.max_retry_after = self.max_retry_after
+        return retry
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        wait = retry_after_seconds(response.headers.get("Retry-After")) if response is not None else None
+        if wait is not None and wait > self.max_retry_after:
+            raise MaxRetryError(_pool, url, ResponseError(f"Retry-After {wait:.0f}s is beyond the cap"))
+        return super().increment(method, url, response, error, _pool, _stacktrace)
 
 
 @dataclass(frozen=True)
@@ -74,20 +117,49 @@ def is_private_host(host: str) -> bool:
     return False
 
 
-def decode_html(body: bytes, header_charset: str | None) -> str:
-    """Decode a page: charset from the header, else <meta>, else UTF-8, else Windows-1252."""
-    candidates = [header_charset]
-    m = re.search(rb"<meta[^>]+charset=[\"']?([\w.:-]+)", body[:4096], re.I)
-    if m:
-        candidates.append(m.group(1).decode("ascii", "ignore"))
-    for enc in (*candidates, "utf-8"):
-        if not enc:
-            continue
-        try:
-            return body.decode(enc)
-        except (LookupError, UnicodeDecodeError):
-            continue
-    return body.decode("cp1252", errors="replace")
+BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([\w.:-]+)", re.I)
+XML_ENCODING = re.compile(rb"^\s*<\?xml[^>]+encoding\s*=\s*[\"']([\w.:-]+)")
+
+
+def codec_name(label: str | None) -> str | None:
+    """Python's name for a charset label; None when unknown. Like browsers (WHATWG Encoding), ``iso-8859-1``
+    and ``us-ascii`` labels mean windows-1252."""
+    try:
+        name = codecs.lookup(label.strip()).name if label else None
+    except LookupError:
+        return None
+    return "cp1252" if name in ("iso8859-1", "ascii") else name
+
+
+def utf8_counts(body: bytes) -> tuple[int, int]:
+    """Read as UTF-8: (non-ASCII characters decoded, invalid sequences). Text in another charset practically
+    never forms valid multi-byte sequences, so ``(n > 0, 0)`` means UTF-8 and ``(0, n)`` means not."""
+    text = body.decode("utf-8", "replace")
+    bad = text.count("\ufffd")
+    return len(text) - len(text.encode("ascii", "ignore")) - bad, bad
+
+
+def decode_html(body: bytes, header_charset: str | None) -> tuple[str, str]:
+    """Decode a page; returns ``(text, charset used)``. WHATWG order: a byte-order mark, then the HTTP header's
+    charset, then ``<meta charset>`` (or an XML declaration) in the first 4 KB, then detection
+    (UTF-8 when its valid multi-byte characters outnumber its invalid bytes two to one, else
+    ``charset-normalizer``, else windows-1252). One exception to trusting a declaration: a declared
+    non-UTF-8 charset over bytes that are all valid UTF-8, with non-ASCII text (servers often send a default
+    ``ISO-8859-1`` for UTF-8 pages), decodes as UTF-8. Bad bytes become U+FFFD, never mojibake."""
+    for bom, charset in BOMS:
+        if body.startswith(bom):
+            return body[len(bom):].decode(charset, "replace"), charset
+    head = body[:4096]
+    declared = [m.group(1).decode("ascii") for m in (META_CHARSET.search(head), XML_ENCODING.search(head)) if m]
+    charset = next(filter(None, map(codec_name, [header_charset, *declared])), None)
+    good, bad = utf8_counts(body) if charset != "utf-8" and not body.isascii() else (0, 0)
+    if good and (bad == 0 or (charset is None and bad * 2 <= good)) or (charset is None and body.isascii()):
+        charset = "utf-8"
+    if charset is None:
+        guess = charset_normalizer.from_bytes(body[:65536]).best()
+        charset = codec_name(guess.encoding if guess else None) or "cp1252"
+    return body.decode(charset, "replace"), charset
 
 
 @dataclass
@@ -116,52 +188,72 @@ class HostThrottle:
 
 
 class HttpClient:
-    """A requests session with our politeness and bounds. Build one per worker (``DoFn.setup``)."""
+    """A requests session with our politeness and bounds. Build one per worker and run (``DoFn.setup``): the
+    robots cache and the hosts deferred to the next run live as long as the client."""
 
     def __init__(self, settings: HttpSettings):
         self.settings = settings
         self.session = requests.Session()
         self.session.headers.update({"User-Agent": settings.user_agent, "Accept-Encoding": "gzip, deflate"})
-        self.session.max_redirects = settings.max_redirects
-        retry = Retry(
+        retry = CappedRetry(
             total=settings.retries, connect=settings.retries, read=settings.retries, status=settings.retries,
             redirect=False, backoff_factor=settings.backoff, backoff_max=10.0,
             status_forcelist=(429, 500, 502, 503, 504), allowed_methods=frozenset({"GET", "HEAD"}),
             raise_on_status=False, respect_retry_after_header=True,
         )
+        retry.max_retry_after = settings.max_retry_after
         adapter = HTTPAdapter(max_retries=retry, pool_connections=64, pool_maxsize=64)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.throttle = HostThrottle(settings.host_delay)
-        self._robots: dict[str, urllib.robotparser.RobotFileParser | bool] = {}
+        self._robots: dict[str, Protego | None] = {}  # origin -> rules; None = allow all
         self._robots_lock = threading.Lock()
+        self._deferred: dict[str, HostDeferred] = {}  # host -> why it is left for the next run
 
     def close(self) -> None:
         self.session.close()
 
     # -- raw requests -------------------------------------------------------------------------
-    def get(self, url: str, *, max_bytes: int | None = None, headers: dict[str, str] | None = None) -> Response:
-        """GET with every bound applied. Raises :class:`FetchError`; HTTP errors are returned, not raised."""
+    def check_target(self, url: str) -> None:
+        """Scheme, and (when configured) address of a URL about to be requested: every redirect hop too."""
         check_scheme(url)
         host = urlsplit(url).hostname or ""
         if self.settings.block_private_addresses and is_private_host(host):
             raise FetchError(f"host {host} resolves to a private address: blocked by configuration", url=url)
+
+    def _open(self, url: str, headers: dict[str, str] | None) -> requests.Response:
+        """The final response of ``url``, redirects followed one hop at a time, each hop checked."""
+        for _ in range(self.settings.max_redirects + 1):
+            self.check_target(url)
+            try:
+                resp = self.session.get(url, headers=headers, stream=True, allow_redirects=False,
+                                        timeout=(self.settings.connect_timeout, self.settings.read_timeout))
+            except requests.exceptions.RetryError as e:
+                raise FetchError(f"gave up after retries: {e}", url=url) from None
+            except requests.RequestException as e:
+                raise FetchError(f"{type(e).__name__}: {_short(e)}", url=url) from None
+            target = self.session.get_redirect_target(resp)
+            if not target:
+                return resp
+            resp.close()
+            url = urljoin(url, target)
+        raise FetchError(f"more than {self.settings.max_redirects} redirects", url=url)
+
+    def get(self, url: str, *, max_bytes: int | None = None, headers: dict[str, str] | None = None) -> Response:
+        """GET with every bound applied. Raises :class:`FetchError` (:class:`HostDeferred` when the host asks
+        for more than ``max_retry_after``); other HTTP errors are returned, not raised."""
         limit = max_bytes or self.settings.max_bytes
         deadline = time.monotonic() + self.settings.total_timeout
+        resp = self._open(url, headers)
         try:
-            resp = self.session.get(
-                url, headers=headers, stream=True, allow_redirects=True,
-                timeout=(self.settings.connect_timeout, self.settings.read_timeout),
-            )
-        except requests.TooManyRedirects:
-            raise FetchError(f"more than {self.settings.max_redirects} redirects", url=url) from None
-        except requests.exceptions.RetryError as e:
-            raise FetchError(f"gave up after retries: {e}", url=url) from None
-        except requests.RequestException as e:
-            raise FetchError(f"{type(e).__name__}: {_short(e)}", url=url) from None
-        try:
-            for hop in (*resp.history, resp):
-                check_scheme(hop.url)
+            wait = retry_after_seconds(resp.headers.get("Retry-After"))
+            if (resp.status_code == 429 or resp.status_code >= 500) and (wait or 0) > self.settings.max_retry_after:
+                raise HostDeferred(f"HTTP {resp.status_code} with Retry-After {wait:.0f}s (more than "
+                                   f"{self.settings.max_retry_after:g}s): deferred to the next run",
+                                   status=resp.status_code, url=url)
+            if resp.status_code == 429:
+                raise HostDeferred("HTTP 429 (too many requests) after retries: deferred to the next run",
+                                   status=429, url=url)
             chunks, size = [], 0
             while True:
                 if time.monotonic() > deadline:
@@ -183,9 +275,10 @@ class HttpClient:
         return Response(url=resp.url, status=resp.status_code, headers=hdrs, body=b"".join(chunks))
 
     # -- politeness --------------------------------------------------------------------------
-    def robots(self, url: str) -> urllib.robotparser.RobotFileParser | bool | FetchError:
-        """Parsed robots.txt for the URL's origin; ``True`` = allow all, ``False`` = disallow all,
-        a FetchError when the host could not be reached at all."""
+    def robots(self, url: str) -> Protego | None:
+        """Parsed robots.txt of the URL's origin; None = allow all (none there, or 4xx). Raises
+        :class:`HostDeferred` when robots.txt answers 5xx or cannot be fetched (RFC 9309: try later);
+        that outcome is not cached here, the host is deferred for this client's life (one run)."""
         parts = urlsplit(url)
         origin = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
         with self._robots_lock:
@@ -193,46 +286,50 @@ class HttpClient:
                 return self._robots[origin]
         try:
             resp = self.get(origin + "/robots.txt", max_bytes=512_000)
-        except FetchError as e:  # host unreachable: nothing else there can be fetched either
-            rules: urllib.robotparser.RobotFileParser | bool | FetchError = FetchError(
-                f"host unreachable (robots.txt: {e})", status=e.status)
-        else:
-            if resp.status >= 500:
-                rules = False
-            elif resp.status >= 400:
-                rules = True
-            else:
-                rules = urllib.robotparser.RobotFileParser(origin + "/robots.txt")
-                rules.parse(resp.body.decode("utf-8", "replace").splitlines())
+        except HostDeferred:
+            raise
+        except FetchError as e:
+            raise HostDeferred(f"robots.txt unreachable ({e}): deferred to the next run", status=e.status,
+                               url=url) from None
+        if resp.status >= 500:
+            raise HostDeferred(f"robots.txt answered HTTP {resp.status}: deferred to the next run",
+                               status=resp.status, url=url)
+        rules = Protego.parse(resp.body.decode("utf-8", "replace")) if resp.status < 400 else None
         with self._robots_lock:
             self._robots[origin] = rules
         return rules
 
     def crawl_delay(self, url: str) -> float:
-        rules = self.robots(url) if self.settings.respect_robots else True
-        delay = rules.crawl_delay(self.settings.user_agent) if isinstance(rules, urllib.robotparser.RobotFileParser) else None
+        rules = self.robots(url) if self.settings.respect_robots else None
+        delay = rules.crawl_delay(self.settings.user_agent) if rules is not None else None
         return max(self.settings.host_delay, min(float(delay or 0), self.settings.max_crawl_delay))
 
     def allowed(self, url: str) -> bool:
         if not self.settings.respect_robots:
             return True
         rules = self.robots(url)
-        if isinstance(rules, FetchError):
-            raise FetchError(str(rules), status=rules.status, url=url)
-        return rules if isinstance(rules, bool) else rules.can_fetch(self.settings.user_agent, url)
+        return rules is None or rules.can_fetch(url, self.settings.user_agent)
 
     def polite_get(self, url: str, **kwargs) -> Response:
-        """robots check, then one request at a time per host, spaced by the host's delay."""
+        """robots check, then one request at a time per host, spaced by the host's delay. Once a host is
+        deferred (:class:`HostDeferred`), its other URLs raise the same at once, without a request."""
         check_scheme(url)
-        if not self.allowed(url):
-            raise FetchError("disallowed by robots.txt", stage="robots", url=url)
         host = urlsplit(url).netloc.lower()
-        with self.throttle.lock(host):
-            self.throttle.wait(host)
-            try:
-                return self.get(url, **kwargs)
-            finally:  # the delay runs from the end of one request to the start of the next
-                self.throttle.done(host, self.crawl_delay(url))
+        try:
+            if host in self._deferred:
+                why = self._deferred[host]
+                raise HostDeferred(str(why), status=why.status, url=url)
+            if not self.allowed(url):
+                raise FetchError("disallowed by robots.txt", stage="robots", url=url)
+            with self.throttle.lock(host):
+                self.throttle.wait(host)
+                try:
+                    return self.get(url, **kwargs)
+                finally:  # the delay runs from the end of one request to the start of the next
+                    self.throttle.done(host, self.crawl_delay(url))
+        except HostDeferred as e:
+            self._deferred.setdefault(host, e)
+            raise
 
 
 def _short(e: Exception, limit: int = 300) -> str:

@@ -108,7 +108,7 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
     deadline = time.time() + max_run_time
     store = Store(output, settings.storage_options)
     run_id = new_run_id()
-    with RunLock(store, run_id, ttl=settings.lock_ttl):
+    with RunLock(store, run_id, ttl=settings.lock_ttl) as lock:
         recover(store, settings.dedup.window_days)
         taken, backlog = read_backlog(store)
         options = beam_options(beam_args, runner, dask_address, workers, quiet=not verbose)
@@ -130,7 +130,7 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
         paths = plan.ner_paths()
         stats["no_model"] = [lang for lang in stats.pop("languages") if not paths.get(lang)] if settings.ner.enabled else []
         stats["seconds"] = round(time.monotonic() - t0, 2)
-        commit(store, run_id, stats, settings.dedup.window_days, backlog_taken=taken)
+        commit(store, run_id, stats, settings.dedup.window_days, backlog_taken=taken, fence=lock.check)
     log.info(summary_line(stats, stats["seconds"]))
     return stats
 

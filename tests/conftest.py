@@ -160,3 +160,23 @@ def fast_config(tmp_path) -> Path:
     p = tmp_path / "settings.yaml"
     p.write_text(FAST_SETTINGS)
     return p
+
+
+@pytest.fixture
+def s3():
+    """An S3 API on loopback (moto server) with bucket `lake`; yields the environment that points clients at it."""
+    pytest.importorskip("moto")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {"FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    boto3.client("s3", endpoint_url=env["FSSPEC_S3_ENDPOINT_URL"], aws_access_key_id="test",
+                 aws_secret_access_key="test", region_name="us-east-1").create_bucket(Bucket="lake")
+    yield env
+    server.stop()

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import gzip
+import threading
 import time
 import zlib
 
 import pytest
 
+from conftest import closed_port
 from config.settings import HttpSettings
 from pipeline.loopback import Route
-from net.http import FetchError, HttpClient, decode_html, is_private_host
+from net import http
+from net.http import FetchError, HostDeferred, HttpClient, decode_html, is_private_host
+from transforms.extract import extract_article
+from transforms.fetch import fetch_one
 
 
 def client(**kw) -> HttpClient:
@@ -123,13 +128,113 @@ def test_robots_disallow_and_crawl_delay(server):
     assert server.paths_requested().count("/robots.txt") == 1  # cached per host
 
 
-def test_robots_5xx_means_disallow_and_404_means_allow(server):
+def test_robots_rfc9309_wildcards_and_longest_match(server):
+    server.routes["/robots.txt"] = Route("User-agent: *\nDisallow: /news/\nAllow: /news/public/\n"
+                                         "Disallow: /*.pdf$\n", "text/plain")
+    c = client()
+    assert c.allowed(server.url("/news/public/a.html"))  # the longer Allow wins over the earlier Disallow
+    assert not c.allowed(server.url("/news/secret.html"))
+    assert not c.allowed(server.url("/files/report.pdf"))  # `*` and `$`
+    assert c.allowed(server.url("/files/report.pdf?page=2"))
+    assert c.allowed(server.url("/other.html"))
+
+
+def test_robots_5xx_defers_the_host_to_the_next_run_and_404_means_allow(server):
     server.routes["/robots.txt"] = Route("oops", status=503)
     server.routes["/a"] = Route("<p>a</p>")
-    with pytest.raises(FetchError, match="robots"):
-        client(retries=0).polite_get(server.url("/a"))
+    server.routes["/b"] = Route("<p>b</p>")
+    first_run = client(retries=0)
+    for path in ("/a", "/b"):
+        kind, row = fetch_one({"url": server.url(path), "feed_url": "f", "source": "s"}, first_run)
+        # a transient fetch error (retried next run), not a remembered "disallowed by robots.txt"
+        assert (kind, row["stage"], row["status"]) == ("error", "fetch", 503)
+        assert "deferred to the next run" in row["error"]
+    assert server.paths_requested() == ["/robots.txt"]  # the host is left alone for the rest of the run
+    server.routes["/robots.txt"] = Route("User-agent: *\nAllow: /\n", "text/plain")
+    assert client().polite_get(server.url("/a")).status == 200  # the next run's client asks again
     del server.routes["/robots.txt"]
-    assert client().polite_get(server.url("/a")).status == 200
+    assert client().polite_get(server.url("/b")).status == 200
+
+
+def test_unreachable_robots_defers_the_host():
+    with pytest.raises(HostDeferred, match="robots.txt unreachable"):
+        client(retries=0).polite_get(f"http://127.0.0.1:{closed_port()}/a")
+
+
+def run_bounded(fn, seconds: float = 30):
+    """fn() in a daemon thread; (finished, result or exception). Guards against the hour-long sleep."""
+    box = {}
+
+    def target():
+        try:
+            box["out"] = fn()
+        except Exception as e:
+            box["out"] = e
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    return not t.is_alive(), box.get("out")
+
+
+def test_long_retry_after_defers_the_host_instead_of_sleeping(server):
+    server.routes["/busy"] = Route("slow down", status=429, headers={"Retry-After": "3600"}, conditional=False)
+    server.routes["/b"] = Route("<p>b</p>")
+    server.routes["/c"] = Route("<p>c</p>")
+    c = client(retries=3)
+    entries = [{"url": server.url(p), "feed_url": "f", "source": "s"} for p in ("/busy", "/b", "/c")]
+    finished, rows = run_bounded(lambda: [fetch_one(e, c) for e in entries])
+    assert finished, "a 429 with Retry-After: 3600 held the host"
+    assert [(kind, row["stage"], row["status"]) for kind, row in rows] == [("error", "fetch", 429)] * 3
+    assert all("deferred to the next run" in row["error"] for _, row in rows)
+    assert [row["url"] for _, row in rows] == [e["url"] for e in entries]
+    assert server.paths_requested().count("/busy") == 1  # not retried, not waited for
+    assert "/b" not in server.paths_requested() and "/c" not in server.paths_requested()
+
+
+def test_long_retry_after_on_a_feed_poll_is_an_error_not_a_wait(server):
+    when = "Wed, 21 Oct 2099 07:28:00 GMT"  # HTTP-date form
+    server.routes["/feed.xml"] = Route("busy", status=503, headers={"Retry-After": when}, conditional=False)
+    finished, out = run_bounded(lambda: client(retries=2).get(server.url("/feed.xml")))
+    assert finished and isinstance(out, HostDeferred) and out.status == 503
+    assert server.paths_requested() == ["/feed.xml"]
+
+
+def test_rate_limited_host_is_deferred_after_the_retries(server):
+    server.routes["/a"] = Route("slow down", status=429, conditional=False)
+    server.routes["/b"] = Route("<p>b</p>")
+    c = client(retries=1)
+    for path in ("/a", "/b"):
+        with pytest.raises(HostDeferred, match="HTTP 429"):
+            c.polite_get(server.url(path))
+    assert server.paths_requested() == ["/robots.txt", "/a", "/a"]
+
+
+def test_short_retry_after_is_honoured(server):
+    calls = []
+
+    def once_busy(req):
+        calls.append(1)
+        if len(calls) == 1:
+            req._send(429, b"wait", "text/plain", {"Retry-After": "1"})
+        else:
+            req._send(200, b"<p>ok</p>", "text/html")
+    server.routes["/x"] = once_busy
+    assert client(retries=2, max_retry_after=5).get(server.url("/x")).status == 200
+    assert len(calls) == 2
+
+
+def test_every_redirect_hop_is_checked_against_private_addresses(server, monkeypatch):
+    # resolver stub: 127.0.0.1 passes for a public address, `localhost` is the private one
+    monkeypatch.setattr(http, "is_private_host", lambda host: host == "localhost")
+    port = server.url("").rsplit(":", 1)[1]
+    server.routes["/start"] = lambda req: req._send(302, b"", "text/plain", {"Location": "/hop"})
+    server.routes["/hop"] = lambda req: req._send(
+        301, b"", "text/plain", {"Location": f"http://localhost:{port}/secret"})
+    server.routes["/secret"] = Route("<p>internal</p>")
+    with pytest.raises(FetchError, match="host localhost resolves to a private address"):
+        client(block_private_addresses=True).get(server.url("/start"))
+    assert server.paths_requested() == ["/start", "/hop"]  # the private target was never asked
+    assert client().get(server.url("/start")).url.endswith("/secret")  # guard off: followed
 
 
 def test_user_agent_is_ours(server):
@@ -139,13 +244,48 @@ def test_user_agent_is_ours(server):
     assert ua.startswith("warta/") and "+http" in ua
 
 
-def test_charset_from_header_meta_and_fallback():
-    text = "Café São Paulo – “kutipan”"
-    assert decode_html(text.encode("iso-8859-1", "replace"), "iso-8859-1").startswith("Café São")
+def test_charset_whatwg_order_and_replacement():
+    text = "Café São Paulo – “kutipan” dari Sánchez"
+    assert decode_html(text.encode("cp1252"), "iso-8859-1") == (text, "cp1252")  # header
     meta = b'<meta charset="windows-1252"><p>' + "Café".encode("cp1252") + b"</p>"
-    assert "Café" in decode_html(meta, None)
-    assert decode_html(text.encode("utf-8"), None) == text
-    assert decode_html(b"\xff\xfe bad \xc3", None)  # invalid UTF-8 never raises
+    assert decode_html(meta, None) == (meta.decode("cp1252"), "cp1252")  # <meta>
+    assert decode_html(b"\xef\xbb\xbf" + text.encode("utf-8"), "iso-8859-1") == (text, "utf-8")  # BOM first
+    assert decode_html(text.encode("utf-8"), None) == (text, "utf-8")  # detected
+    xml = b'<?xml version="1.0" encoding="iso-8859-2"?><html><p>' + "Łódź".encode("iso-8859-2") + b"</p></html>"
+    assert "Łódź" in decode_html(xml, None)[0]
+
+
+def test_latin1_header_over_a_utf8_page_is_not_believed():
+    page = "<html><body><p>Kata Sánchez, “hari ini” — 25 °C</p></body></html>".encode("utf-8")
+    html, charset = decode_html(page, "ISO-8859-1")
+    assert charset == "utf-8" and "Sánchez, “hari ini” — 25 °C" in html and "Ã" not in html
+
+
+def test_latin1_header_on_a_utf8_page_end_to_end_through_fetch_and_extract(server):
+    body = " ".join(["Menurut Sánchez, “pemerintah” akan membangun jembatan baru di Jakarta — kata pejabat."] * 6)
+    page = f"<html><head><title>Jembatan</title></head><body><article><p>{body}</p></article></body></html>"
+    server.routes["/berita.html"] = Route(page.encode("utf-8"), "text/html; charset=ISO-8859-1")
+    kind, fetched = fetch_one({"url": server.url("/berita.html"), "feed_url": "f", "source": "s"}, client())
+    assert kind == "page" and fetched["charset"] == "utf-8"
+    row = extract_article(fetched)
+    assert "Sánchez, “pemerintah”" in row["text"] and "Ã" not in row["text"] and row["charset"] == "utf-8"
+
+
+def test_one_bad_byte_in_utf8_is_one_replacement_not_mojibake():
+    page = "<p>Presiden Joko Widodo berkata “kita maju” di Jakarta. Sánchez</p>".encode("utf-8")
+    page = page.replace(b"berkata", b"berk\xffata")
+    for header in ("utf-8", None):
+        html, charset = decode_html(page, header)
+        assert charset == "utf-8" and "berk\ufffdata “kita maju”" in html and "Sánchez" in html
+
+
+def test_undeclared_legacy_page_is_detected():
+    para = ("Le gouvernement a annoncé hier que les élèves étrangers pourront étudier à l'université "
+            "dès la rentrée prochaine, a précisé le ministère de l'Éducation. ")
+    page = ("<html><body><p>" + para * 5 + "</p></body></html>").encode("cp1252")
+    html, charset = decode_html(page, None)
+    assert "annoncé hier que les élèves étrangers" in html and "\ufffd" not in html
+    assert decode_html(b"\xff\xfe bad \xc3", None)  # garbage never raises
 
 
 def test_private_address_guard(server):
@@ -163,3 +303,61 @@ def test_host_throttle_spaces_requests(server):
     for _ in range(3):
         c.polite_get(server.url("/a"))
     assert time.monotonic() - t0 >= 0.5
+
+
+@pytest.mark.slow
+def test_deferred_hosts_do_not_stall_a_run_and_are_fetched_by_the_next(server, tmp_path, fast_config):
+    """A loopback world run twice: one host answers 429 with Retry-After: 3600, another's robots.txt answers
+    503. The first run finishes at once, leaving each of their pages as one transient error row; once both
+    hosts are healthy, the next run stores every article exactly once."""
+    import subprocess
+    import sys
+
+    import pyarrow.dataset as ds
+
+    from conftest import ROOT, T0, seed_article
+    from pipeline.example import rss_feed, wordpress_page
+    from pipeline.loopback import LoopbackServer
+
+    _, paras = seed_article()
+    with LoopbackServer() as other:
+        pages = {server.url(f"/berita/{n}.html"): server for n in range(3)}
+        pages |= {other.url(f"/b/{n}.html"): other for n in (3, 4)}
+        for n, (url, host) in enumerate(pages.items()):
+            host.routes[url.split(host.base, 1)[1]] = Route(wordpress_page(
+                title=f"Berita {n}", paragraphs=paras[2 * n:2 * n + 2], url=url, published=T0, author="Redaksi"))
+        healthy = server.routes["/berita/0.html"]
+        server.routes["/berita/0.html"] = Route("slow down", status=429, headers={"Retry-After": "3600"},
+                                                conditional=False)
+        other.routes["/robots.txt"] = Route("down", status=503)
+        server.routes["/feed.xml"] = Route(rss_feed(title="Dua", link=server.base, items=[
+            {"title": f"Berita {n}", "link": url, "published": T0} for n, url in enumerate(pages)]),
+            "application/rss+xml", conditional=False)  # no validators: the next run sees the same items
+        feeds = tmp_path / "feeds.yaml"
+        feeds.write_text(f"feeds:\n  - {{name: dua, url: '{server.url('/feed.xml')}', language: id}}\n")
+        out = tmp_path / "lake"
+
+        def run():
+            res = subprocess.run([sys.executable, str(ROOT / "run_local.py"), "--feeds", str(feeds), "--output",
+                                  str(out), "--config", str(fast_config), "--no-ner"],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=300)
+            assert res.returncode == 0, res.stderr[-3000:]
+
+        def table(name):
+            return ds.dataset(str(out / name), format="parquet", partitioning="hive").to_table().to_pylist()
+
+        run()
+        errors = table("errors")
+        assert sorted((e["url"], e["stage"], e["status"]) for e in errors) == sorted(
+            (url, "fetch", 429 if host is server else 503) for url, host in pages.items())
+        assert all("deferred to the next run" in e["error"] for e in errors)
+        assert not (out / "articles").exists()
+        assert server.paths_requested().count("/berita/0.html") == 1  # neither retried nor waited for
+        assert not [p for p in server.paths_requested() + other.paths_requested() if p.startswith(("/berita/1",
+                    "/berita/2", "/b/"))]  # the rest of each host was left alone
+
+        server.routes["/berita/0.html"] = healthy
+        other.routes["/robots.txt"] = Route("User-agent: *\nAllow: /\n", "text/plain")
+        run()
+        urls = sorted(r["url"] for r in table("articles"))
+        assert urls == sorted(pages)  # every article, once

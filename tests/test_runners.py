@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -49,25 +48,6 @@ def test_dask_cluster_writes_the_same_lake_as_direct_runner(world, tmp_path, fas
         line = [l for l in res.stderr.splitlines() if "warta run" in l][-1]
         return re.sub(r"\d+\.\d+s$", "", line.split("warta run", 1)[1].split(":", 1)[1].strip())
     assert counts(a) == counts(b)
-
-
-@pytest.fixture
-def s3():
-    pytest.importorskip("moto")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    env = {"FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    boto3.client("s3", endpoint_url=env["FSSPEC_S3_ENDPOINT_URL"], aws_access_key_id="test",
-                 aws_secret_access_key="test", region_name="us-east-1").create_bucket(Bucket="lake")
-    yield env
-    server.stop()
 
 
 def s3_rows(env, prefix, dataset="articles", cols=COLS):

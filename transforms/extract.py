@@ -299,6 +299,7 @@ def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict
         "text": text,
         "content_hash": content_hash(text),
         "image_url": meta.image,
+        "charset": page.get("charset"),  # the page's bytes were decoded with (net.http.decode_html)
         "duplicate_of": None,
         "entities": [],
         "entry_url": page["url"],  # internal: the link as the feed gave it (for the state index)

@@ -34,14 +34,17 @@ BACKLOG = "backlog"
 
 
 def fetch_page(entry: dict[str, Any], client: HttpClient) -> dict[str, Any]:
-    """Fetch one entry's page; returns the entry with ``html``, ``final_url``, ``fetched_at``. Raises FetchError."""
+    """Fetch one entry's page; returns the entry with ``html``, ``charset`` (the one it was decoded with),
+    ``final_url``, ``fetched_at``. Raises FetchError (HostDeferred: the host's other entries fail the same,
+    without a request, until the next run)."""
     resp = client.polite_get(entry["url"])
     if resp.status >= 400:
         raise FetchError(f"HTTP {resp.status}", status=resp.status, url=entry["url"])
     if resp.content_type and resp.content_type not in HTML_TYPES:
         raise FetchError(f"content type {resp.content_type!r} is not HTML", status=resp.status, url=entry["url"])
-    html = decode_html(resp.body, resp.header_charset())
-    return {**entry, "final_url": resp.url, "status": resp.status, "html": html, "fetched_at": utcnow()}
+    html, charset = decode_html(resp.body, resp.header_charset())
+    return {**entry, "final_url": resp.url, "status": resp.status, "html": html, "charset": charset,
+            "fetched_at": utcnow()}
 
 
 def fetch_one(entry: dict[str, Any], client: HttpClient) -> tuple[str, dict[str, Any]]:

@@ -27,6 +27,7 @@ ARTICLE_SCHEMA = pa.schema([
     ("authors", pa.list_(pa.string())), ("published_at", TS), ("fetched_at", TS),
     ("language", pa.string()), ("text", pa.string()), ("content_hash", pa.string()),
     ("duplicate_of", pa.string()), ("entities", pa.list_(ENTITY)), ("image_url", pa.string()),
+    ("charset", pa.string()),  # nullable: rows written before it was recorded have none
 ])
 ERROR_SCHEMA = pa.schema([
     ("url", pa.string()), ("feed_url", pa.string()), ("source", pa.string()), ("stage", pa.string()),
