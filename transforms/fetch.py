@@ -47,6 +47,15 @@ def fetch_page(entry: dict[str, Any], client: HttpClient) -> dict[str, Any]:
             "fetched_at": utcnow()}
 
 
+def host_pace(client: HttpClient, url: str) -> float:
+    """Seconds between two requests to ``url``'s host. A host whose robots.txt cannot be read is paced by
+    ``host_delay``: its pages then fail one by one through :meth:`HttpClient.polite_get` (deferred)."""
+    try:
+        return client.crawl_delay(url)
+    except FetchError:
+        return client.settings.host_delay
+
+
 def fetch_one(entry: dict[str, Any], client: HttpClient) -> tuple[str, dict[str, Any]]:
     """``("page", row)`` or ``("error", row)``; never raises."""
     faults.point("fetch")
@@ -142,7 +151,7 @@ class _FetchHostsFn(beam.DoFn):
 
         def fetch_into_queue(entries) -> None:
             try:
-                fits = pages_within(self.deadline, self.client.crawl_delay(entries[0]["url"]))
+                fits = pages_within(self.deadline, host_pace(self.client, entries[0]["url"]))
                 for i, entry in enumerate(entries):
                     if stop.is_set():
                         return
