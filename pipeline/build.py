@@ -14,8 +14,9 @@ from transforms.extract import ExtractArticles
 from transforms.feeds import PollFeeds
 from transforms.fetch import FetchPages
 from transforms.ner import PreloadModels, TagEntities, model_paths
-from transforms.records import is_permanent
-from lake.state import IndexSnapshot, error_index_row, load_index
+from transforms.records import RecordFailures
+from lake.failures import Failures, load_failures
+from lake.state import IndexSnapshot, load_index
 from lake.store import Store
 from transforms.write import WriteDataset, WriteState
 
@@ -32,6 +33,19 @@ def load_snapshot(store: Store, window_days: int, run_id: str) -> IndexSnapshot:
             _SNAPSHOT.clear()  # keep only the current run's snapshot
             _SNAPSHOT[key] = load_index(store, window_days=window_days)
         return _SNAPSHOT[key]
+
+
+_FAILURES: dict[tuple, Failures] = {}
+
+
+def load_failures_once(store: Store, run_id: str) -> Failures:
+    """The failure records, read once per worker process and run (polling and failure recording share them)."""
+    key = (store.url, run_id)
+    with _SNAPSHOT_LOCK:
+        if key not in _FAILURES:
+            _FAILURES.clear()
+            _FAILURES[key] = load_failures(store)
+        return _FAILURES[key]
 
 
 def load_seen(store: Store, window_days: int, run_id: str) -> set[int]:
@@ -76,7 +90,8 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
         | "ListFeeds" >> beam.Create(plan.feeds)
         | "PreloadModels" >> PreloadModels(s.ner, paths, plan.preload)
         | "PollFeeds" >> PollFeeds(s.http, plan.validators, s.max_items_per_feed,
-                                  partial(load_seen, plan.store, s.dedup.window_days, plan.run_id))
+                                  partial(load_seen, plan.store, s.dedup.window_days, plan.run_id),
+                                  partial(load_failures_once, plan.store, plan.run_id))
     )
     pages = polled.entries | "FetchPages" >> FetchPages(s.http, groups=plan.workers)
     # Fetch -> Extract -> Tag run fused in each worker, with no shuffle between them: tagging starts
@@ -90,13 +105,9 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     written = [deduped.articles | "WriteArticles" >> WriteDataset(plan.store, plan.run_id, "articles")]
     errors = (polled.errors, pages.errors, extracted.errors, tagged.errors) | "AllErrors" >> beam.Flatten()
     written.append(errors | "WriteErrors" >> WriteDataset(plan.store, plan.run_id, "errors"))
-    remembered = (
-        errors
-        | "PermanentFailures" >> beam.Filter(is_permanent)
-        | "FailureIndexRows" >> beam.Map(error_index_row)
-    )
-    written.append((deduped.index, remembered) | "AllIndexRows" >> beam.Flatten() | "WriteIndex" >> WriteState(
-        plan.store, plan.run_id, "index"))
+    written.append(deduped.index | "WriteIndex" >> WriteState(plan.store, plan.run_id, "index"))
+    written.append(errors | "RecordFailures" >> RecordFailures(partial(load_failures_once, plan.store, plan.run_id))
+                   | "WriteFailures" >> WriteState(plan.store, plan.run_id, "failures"))
     written.append(polled.feed_state | "WriteFeedState" >> WriteState(plan.store, plan.run_id, "feeds"))
     if plan.join_sinks:
         # One last step that depends on every sink: runners that execute only the final transform's
