@@ -18,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.shared import require  # noqa: E402
 
 import trafilatura  # noqa: E402
 
@@ -89,6 +90,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "extraction.json")
     ap.add_argument("--memory-pages", type=int, default=0, help="also track RSS over this many pages (e.g. 10000)")
     args = ap.parse_args(argv)
+    require(args.data / "extraction", "bench_extraction")
     pages = load_pages(args.data)
     for h, u, _ in pages[:5]:  # warm-up: imports, lxml, caches
         ours(h, u)

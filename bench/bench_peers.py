@@ -14,6 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
+from bench.shared import require  # noqa: E402
 from metric import corpus_scores  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "extraction"
@@ -33,7 +35,7 @@ def news_please(html, url):
 
 
 def main():
-    truth = json.loads((DATA / "ground-truth.json").read_text())
+    truth = json.loads((require(DATA, "bench_peers") / "ground-truth.json").read_text())
     pages = [(gzip.decompress((DATA / "html" / f"{k}.html.gz").read_bytes()).decode("utf-8"), v.get("url") or "",
               v["articleBody"]) for k, v in sorted(truth.items())]
     results = []

@@ -12,12 +12,14 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
+from bench.shared import require  # noqa: E402
 from transforms.segment import detokenize  # noqa: E402
 from pipeline.example import rss_feed, wordpress_page  # noqa: E402
 from pipeline.loopback import LoopbackServer, Route  # noqa: E402
 
 
 def indonesian_sentences() -> list[str]:
+    require(DATA / "ner/nergrit", "the benchmark news world")
     out, cur = [], []
     for f in ("ner/nergrit/train.txt", "ner/nergrit/valid.txt"):
         for line in (DATA / f).read_text(encoding="utf-8").splitlines():

@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.shared import require  # noqa: E402
 
 from transforms.segment import TOKEN_RE  # noqa: E402
 
@@ -244,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    require(args.data / "ner", "build_id_ner")
     pretrain = build_vectors(args.data, args.work, args.dim)
     print(f"vectors ready in {time.time() - t0:.0f}s", flush=True)
     if args.first_stage_steps > 0:

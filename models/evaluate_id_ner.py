@@ -17,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.shared import require  # noqa: E402
 
 from models.build_id_ner import map_tag, read_bio  # noqa: E402
 
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     pipe = load_pipeline(args.model, args.pretrain, args.threads, args.batch)
-    sents = read_bio(args.split)
+    sents = read_bio(require(args.split, "evaluate_id_ner"))
     tokens = [[t for t, _ in s] for s in sents]
     pipe(tokens[:16])  # warm-up
     t0 = time.perf_counter()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import socket
 import sys
 import time
@@ -18,22 +16,20 @@ sys.path.insert(0, str(ROOT))
 from pipeline.example import atom_feed, rss_feed, wordpress_page  # noqa: E402
 from pipeline.loopback import LoopbackServer, Route  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
+FIXTURES = ROOT / "tests" / "fixtures"  # tests read only these, never ../shared
 WIB = timezone(timedelta(hours=7))
 T0 = datetime(2024, 11, 12, 10, 0, tzinfo=WIB)
 
 
 def seed_article() -> tuple[str, list[str]]:
-    lines = [l.strip() for l in sorted((DATA / "seed").iterdir())[0].read_text().splitlines() if l.strip()]
+    lines = [l.strip() for l in (FIXTURES / "seed/jurnalpatrolinews-korea-utara.txt").read_text().splitlines()
+             if l.strip()]
     return lines[0], [l for l in lines[1:] if l != "Komentar"]
 
 
-def english_pages(n: int = 2) -> list[tuple[str, str]]:
-    """(html, ground-truth body) of benchmark pages, smallest first after the tiny ones."""
-    truth = json.loads((DATA / "extraction/ground-truth.json").read_text())
-    ids = sorted(truth, key=lambda i: (DATA / f"extraction/html/{i}.html.gz").stat().st_size)[30:30 + n]
-    return [(gzip.decompress((DATA / f"extraction/html/{i}.html.gz").read_bytes()).decode("utf-8"),
-             truth[i]["articleBody"]) for i in ids]
+def english_pages(n: int = 2) -> list[str]:
+    """English article pages (made for the tests, with site boilerplate)."""
+    return [(FIXTURES / f"en/story-{i}.html").read_text() for i in range(n)]
 
 
 def closed_port() -> int:
@@ -88,9 +84,9 @@ class World:
         self.extra_links = [self.base + p if p.startswith("/") else p for p in self.failures.values()]
         self.extra_links.append(self.base + "/id/latin.html")
         self.publish_id_feed()
-        # English outlet (Atom) with benchmark pages; one of them also linked with tracking params
+        # English outlet (Atom) with two pages; one of them also linked with tracking params
         en_items = []
-        for n, (page, _) in enumerate(english_pages(2)):
+        for n, page in enumerate(english_pages(2)):
             r[f"/en/story-{n}.html"] = Route(page)
             en_items.append({"title": f"Story {n}", "link": f"{self.base}/en/story-{n}.html",
                              "published": datetime(2024, 11, 11, 12 + n, tzinfo=timezone.utc)})

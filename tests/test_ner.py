@@ -15,7 +15,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from config.settings import NerSettings
-from conftest import ROOT, seed_article
+from conftest import FIXTURES, ROOT, seed_article
 from transforms.ner import REPO_MODELS, NerModel, TagEntities, Tagger, build_pipeline, model_paths, ner_tags
 from transforms.segment import sentences
 
@@ -146,12 +146,12 @@ def test_shipped_model_tags_the_seed_article():
     assert ("Kursk", "LOC") in found
 
 
-def test_lean_tagging_equals_the_stanza_pipeline_on_nergrit_valid():
+def test_lean_tagging_equals_the_stanza_pipeline():
     """NerModel loads without Stanza's training optimizer and ner_tags skips its Document objects; the
     tags must be exactly what a stanza.Pipeline gives."""
     from models.build_id_ner import read_bio
     paths = model_paths("id", NerSettings())
-    sents = [[w for w, _ in s] for s in read_bio(ROOT.parent / "shared/data/ner/nergrit/valid.txt")]
+    sents = [[w for w, _ in s] for s in read_bio(FIXTURES / "ner/id-sentences.bio")]
     expected = [[t.ner for t in s.tokens] for s in build_pipeline("id", paths, 1)(sents).sentences]
     assert ner_tags(NerModel(paths, 1), sents) == expected
     assert any(t != "O" for s in expected for t in s)
