@@ -101,10 +101,14 @@ def merge_failures(store: Store, staged: str, stored_keys: set[int]) -> None:
     store.write_table(FAILURES_FILE, failures_table([r for k, r in current.items() if k not in stored_keys]))
 
 
+def matching(records: list[dict], stage: str | None = None, source: str | None = None) -> list[dict]:
+    return [r for r in records if (not stage or r["stage"] == stage) and (not source or r["source"] == source)]
+
+
 def retry_now(store: Store, now: datetime, stage: str | None = None, source: str | None = None) -> list[dict]:
     """Make the matching records due now, attempts reset; returns them."""
     records = read_records(store)
-    hits = [r for r in records if (not stage or r["stage"] == stage) and (not source or r["source"] == source)]
+    hits = matching(records, stage, source)
     for r in hits:
         r.update(retry_at=now, attempts=0)
     if hits:

@@ -178,6 +178,7 @@ def run_every(interval: float, feeds, settings: Settings, output: str, beam_args
 # Imported only when chosen, so `warta run` never pays for another command's imports.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.cli:run", "poll the feeds once (or --every INTERVAL) and commit to the lake"),
+    "errors": ("pipeline.errors:errors", "list remembered failures, or `retry` them on the next run"),
 }
 
 
