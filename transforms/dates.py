@@ -90,8 +90,6 @@ def _local(dt: datetime, tz: str | None) -> When:
 
 def parse_when(value: Any, tz: str | None = None, dayfirst: bool = False) -> When | None:
     """A date/time string in, its UTC time and whether it carried its own offset out (None if unreadable)."""
-    if isinstance(value, datetime):
-        return _local(value, tz)
     if not value or not isinstance(value, str):
         return None
     text = value.strip()
@@ -109,11 +107,6 @@ def parse_when(value: Any, tz: str | None = None, dayfirst: bool = False) -> Whe
     if caught:
         return None
     return _local(dt, tz) if dt is not None else None
-
-
-def parse_datetime(value: Any, tz: str | None = None, dayfirst: bool = False) -> datetime | None:
-    when = parse_when(value, tz, dayfirst)
-    return when.at if when else None
 
 
 def plausible(dt: datetime | None, fetched_at: datetime) -> datetime | None:

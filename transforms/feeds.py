@@ -53,7 +53,7 @@ def entry_time(entry, tz: str | None, dayfirst: bool) -> When | None:
     return None
 
 
-def parse_feed(body: bytes, url: str, content_type: str = "") -> feedparser.FeedParserDict:
+def parse_feed(body: bytes, content_type: str = "") -> feedparser.FeedParserDict:
     """Parse feed bytes; raise ValueError when they are not a feed at all (HTML page, garbage).
     Relative links are left as they are (``feed_entries`` resolves them), so that an ``<id>`` such as
     ``1`` does not turn into a URL under the feed's address."""
@@ -149,7 +149,7 @@ def poll_feed(feed: Feed, client: HttpClient, validators: dict[str, Any] | None,
                                        source=feed.name, status=resp.status))
         return result
     try:
-        parsed = parse_feed(resp.body, resp.url, resp.headers.get("content-type", ""))
+        parsed = parse_feed(resp.body, resp.headers.get("content-type", ""))
     except Exception as e:  # feedparser is defensive, but the input is hostile
         result.errors.append(error_row("poll", str(e), url=feed.url, feed_url=feed.url, source=feed.name,
                                        status=resp.status))
