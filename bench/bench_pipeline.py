@@ -71,14 +71,14 @@ def fetch_entries(entries: list[dict], client: HttpClient) -> list[tuple[str, di
 
 def fetch_all(feeds) -> list[tuple[str, dict]]:
     client = HttpClient(HttpSettings(host_delay=HOST_DELAY, fetch_threads=16))
-    parsed = [parse_feed(client.get(u).body, u) for _, u in feeds]
+    parsed = [parse_feed(client.get(u).body) for _, u in feeds]
     return fetch_entries(entries_of(parsed, feeds), client)
 
 
 def stage_benchmarks(feeds, use_ner: bool) -> tuple[dict, list[dict]]:
     client = HttpClient(HttpSettings(host_delay=HOST_DELAY, fetch_threads=16))
     bodies = [client.get(url).body for _, url in feeds]
-    parsed, wall, _ = timed(lambda: [parse_feed(b, u) for b, (_, u) in zip(bodies, feeds)])
+    parsed, wall, _ = timed(lambda: [parse_feed(b) for b in bodies])
     res = {"feed_parse_feeds_per_s": round(len(feeds) / wall, 1)}
     entries = entries_of(parsed, feeds)
     results, wall, _ = timed(lambda: fetch_entries(entries, client))

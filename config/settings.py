@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from transforms import __version__
+from transforms.dates import valid_zone
 
 CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULT_FEEDS = CONFIG_DIR / "feeds.yaml"
@@ -30,6 +31,13 @@ class Feed(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="becomes the `source` column")
     url: str
     language: str | None = Field(None, pattern=r"^[a-z]{2}$", description="ISO 639-1; detected per article if absent")
+    timezone: str | None = Field(None, description="IANA zone for times printed without an offset; "
+                                 "default from the language (transforms/dates.py), else UTC")
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana(cls, v: str | None) -> str | None:
+        return valid_zone(v) if v else v
 
     @field_validator("url")
     @classmethod

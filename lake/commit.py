@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from lake import faults
 from lake.lock import LockedError, LockLost, RunLock  # noqa: F401  (LockedError, RunLock: re-exported)
+from lake.failures import merge_failures
 from lake.state import FEEDS_FILE, INDEX_DIR, compact_index
 from lake.store import Store
 from transforms.write import staging_dir
@@ -122,6 +123,9 @@ def publish(store: Store, run_id: str, manifest: dict[str, Any], window_days: in
     faults.point("state")
     if store.exists(f"{stage}/index.parquet"):
         store.copy(f"{stage}/index.parquet", f"{INDEX_DIR}/part-{run_id}.parquet")
+    stored = store.read_table(f"{stage}/index.parquet").column("url_key").to_pylist() \
+        if store.exists(f"{stage}/index.parquet") else []
+    merge_failures(store, f"{stage}/failures.parquet", set(stored))
     if store.exists(f"{stage}/feeds.json"):
         merge_feed_state(store, json.loads(store.read_bytes(f"{stage}/feeds.json")), run_id)
     if store.exists(f"{stage}/backlog.json") and json.loads(store.read_bytes(f"{stage}/backlog.json")):

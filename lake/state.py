@@ -1,6 +1,7 @@
 """Run state under ``OUTPUT/_state/``: what the lake already holds, and each feed's validators.
 
-- ``_state/index/*.parquet`` — one row per URL ever taken (article, exact duplicate or failure):
+- ``_state/index/*.parquet`` — one row per URL ever taken (article or exact duplicate; failures are in
+  ``_state/failures/``, see :mod:`lake.failures`):
   url key, canonical key, content hash, MinHash signature (kept only inside the dedup window).
 - ``_state/feeds.json`` — per feed URL: ETag, Last-Modified, last status.
 
@@ -61,9 +62,9 @@ def load_index(store: Store, window_days: int | None = None, now: datetime | Non
         table = store.read_table(rel)
         cols = table.to_pydict()
         for i, aid in enumerate(cols["article_id"]):
-            snap.url_keys.add(cols["url_key"][i])
-            if cols["kind"][i] == "error":
+            if cols["kind"][i] == "error":  # failures written by older versions: now in lake.failures
                 continue
+            snap.url_keys.add(cols["url_key"][i])
             holder = cols["duplicate_of"][i] if cols["kind"][i] == "duplicate" else aid
             for k in cols["exact_keys"][i] or ():
                 snap.url_keys.add(k)
@@ -75,14 +76,6 @@ def load_index(store: Store, window_days: int | None = None, now: datetime | Non
                 snap.signatures.append((aid, np.frombuffer(sig, dtype=np.uint32), seen))
     snap.signatures.sort(key=lambda t: t[2])
     return snap
-
-
-def error_index_row(err: dict) -> dict:
-    """Index row remembering a permanently failed URL, so it is not fetched again."""
-    from transforms.urls import article_id, normalize_url
-
-    return {"article_id": article_id(err["url"]), "url_key": key64(normalize_url(err["url"])), "exact_keys": [],
-            "duplicate_of": None, "kind": "error", "seen_at": err["at"], "minhash": None}
 
 
 def index_table(rows: list[dict]) -> pa.Table:

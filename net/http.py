@@ -48,6 +48,9 @@ class FetchError(Exception):
         self.url = url
 
 
+DEFERRED = "deferred to the next run"  # ends the message of every HostDeferred
+
+
 class HostDeferred(FetchError):
     """The host asked us to come back later (a ``Retry-After`` beyond ``max_retry_after``, or robots.txt
     answering 5xx or unreachable): nothing more is asked of it in this run, its URLs are retried next run."""
@@ -249,10 +252,10 @@ class HttpClient:
             wait = retry_after_seconds(resp.headers.get("Retry-After"))
             if (resp.status_code == 429 or resp.status_code >= 500) and (wait or 0) > self.settings.max_retry_after:
                 raise HostDeferred(f"HTTP {resp.status_code} with Retry-After {wait:.0f}s (more than "
-                                   f"{self.settings.max_retry_after:g}s): deferred to the next run",
+                                   f"{self.settings.max_retry_after:g}s): {DEFERRED}",
                                    status=resp.status_code, url=url)
             if resp.status_code == 429:
-                raise HostDeferred("HTTP 429 (too many requests) after retries: deferred to the next run",
+                raise HostDeferred(f"HTTP 429 (too many requests) after retries: {DEFERRED}",
                                    status=429, url=url)
             chunks, size = [], 0
             while True:
@@ -289,10 +292,10 @@ class HttpClient:
         except HostDeferred:
             raise
         except FetchError as e:
-            raise HostDeferred(f"robots.txt unreachable ({e}): deferred to the next run", status=e.status,
+            raise HostDeferred(f"robots.txt unreachable ({e}): {DEFERRED}", status=e.status,
                                url=url) from None
         if resp.status >= 500:
-            raise HostDeferred(f"robots.txt answered HTTP {resp.status}: deferred to the next run",
+            raise HostDeferred(f"robots.txt answered HTTP {resp.status}: {DEFERRED}",
                                status=resp.status, url=url)
         rules = Protego.parse(resp.body.decode("utf-8", "replace")) if resp.status < 400 else None
         with self._robots_lock:

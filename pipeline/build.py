@@ -16,8 +16,9 @@ from transforms.extract import ExtractArticles
 from transforms.feeds import PollFeeds
 from transforms.fetch import FetchPages
 from transforms.ner import PreloadModels, TagEntities, model_paths
-from transforms.records import is_permanent
-from lake.state import IndexSnapshot, error_index_row, load_index
+from transforms.records import RecordFailures
+from lake.failures import Failures, load_failures
+from lake.state import IndexSnapshot, load_index
 from lake.store import Store
 from transforms.write import WriteDataset, WriteState
 
@@ -34,6 +35,19 @@ def load_snapshot(store: Store, window_days: int, run_id: str) -> IndexSnapshot:
             _SNAPSHOT.clear()  # keep only the current run's snapshot
             _SNAPSHOT[key] = load_index(store, window_days=window_days)
         return _SNAPSHOT[key]
+
+
+_FAILURES: dict[tuple, Failures] = {}
+
+
+def load_failures_once(store: Store, run_id: str) -> Failures:
+    """The failure records, read once per worker process and run (polling and failure recording share them)."""
+    key = (store.url, run_id)
+    with _SNAPSHOT_LOCK:
+        if key not in _FAILURES:
+            _FAILURES.clear()
+            _FAILURES[key] = load_failures(store)
+        return _FAILURES[key]
 
 
 def load_seen(store: Store, window_days: int, run_id: str) -> set[int]:
@@ -81,19 +95,16 @@ def build(p: beam.Pipeline, plan: Plan) -> tuple:
         | "ListFeeds" >> beam.Create(plan.feeds)
         | "PreloadModels" >> PreloadModels(s.ner, paths, plan.preload)
         | "PollFeeds" >> PollFeeds(s.http, plan.validators, s.max_items_per_feed,
-                                  partial(load_seen, plan.store, s.dedup.window_days, plan.run_id))
+                                  partial(load_seen, plan.store, s.dedup.window_days, plan.run_id),
+                                  partial(load_failures_once, plan.store, plan.run_id))
     )
     entries = (polled.entries, p | "ListBacklog" >> beam.Create(plan.backlog)) | "WithBacklog" >> beam.Flatten()
     done = process_entries(entries, plan, paths)
     errors = (polled.errors, done.errors) | "AllErrors" >> beam.Flatten()
     written = [*done.written, errors | "WriteErrors" >> WriteDataset(plan.store, plan.run_id, "errors")]
-    remembered = (
-        errors
-        | "PermanentFailures" >> beam.Filter(is_permanent)
-        | "FailureIndexRows" >> beam.Map(error_index_row)
-    )
-    written.append((done.index, remembered) | "AllIndexRows" >> beam.Flatten() | "WriteIndex" >> WriteState(
-        plan.store, plan.run_id, "index"))
+    written.append(done.index | "WriteIndex" >> WriteState(plan.store, plan.run_id, "index"))
+    written.append(errors | "RecordFailures" >> RecordFailures(partial(load_failures_once, plan.store, plan.run_id))
+                   | "WriteFailures" >> WriteState(plan.store, plan.run_id, "failures"))
     written.append(polled.feed_state | "CountFeeds" >> beam.Map(count, plan.progress_dir, "feeds")
                    | "WriteFeedState" >> WriteState(plan.store, plan.run_id, "feeds"))
     if plan.join_sinks:

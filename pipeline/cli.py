@@ -235,6 +235,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.cli:run", "poll the feeds once (or --every INTERVAL) and commit to the lake"),
     "report": ("pipeline.report:report", "write one self-contained HTML page about the lake (--output, --days, --to)"),
     "stats": ("pipeline.report:stats", "print the lake's key numbers as a plain table (for terminals and cron mail)"),
+    "errors": ("pipeline.errors:errors", "list remembered failures, or `retry` them on the next run"),
 }
 
 

@@ -11,7 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from config.settings import DedupSettings
 from conftest import seed_article
-from transforms.dedup import Deduplicate, NearDuplicateIndex, decide_all, signature
+from transforms.dedup import Deduplicate, NearDuplicateIndex, decide_all, exact_keys, signature
 from transforms.extract import content_hash
 from lake.state import IndexSnapshot, index_table, load_index
 from lake.store import Store
@@ -21,8 +21,9 @@ S = DedupSettings()
 T = datetime(2024, 11, 12, tzinfo=timezone.utc)
 
 
-def art(url: str, text: str, hours: int = 0, canonical: str | None = None) -> dict:
-    return {"article_id": article_id(url), "url": url, "entry_url": url, "canonical_url": canonical,
+def art(url: str, text: str, hours: int = 0, canonical: str | None = None, entry_url: str | None = None) -> dict:
+    return {"article_id": article_id(url), "url": url, "entry_url": entry_url or url, "canonical_url": canonical,
+            "source": url.split("/")[2],
             "text": text, "content_hash": content_hash(text), "published_at": T + timedelta(hours=hours),
             "fetched_at": T + timedelta(days=1), "duplicate_of": None}
 
@@ -33,7 +34,7 @@ def body() -> str:
 
 def decide(arts, snapshot=None, settings=S):
     index = NearDuplicateIndex(snapshot or IndexSnapshot(), settings)
-    return [(k, o, a["url"]) for k, o, a, _ in decide_all([{**a, "_minhash": signature(a["text"], settings)}
+    return [(k, o, a["url"]) for k, o, a, _, _ in decide_all([{**a, "_minhash": signature(a["text"], settings)}
                                                            for a in arts], index)]
 
 
@@ -47,14 +48,59 @@ def test_syndicated_copy_with_new_lead_and_footer_is_flagged_original_is_not():
                    ("near", original["article_id"], copy["url"])]
 
 
-def test_exact_duplicates_by_canonical_url_and_by_text_hash():
-    a = art("https://x.example/a", body(), hours=0, canonical="https://x.example/canon")
-    same_canonical = art("https://x.example/amp/a", body() + "\nBeda sedikit.", hours=1, canonical="https://x.example/canon")
-    same_text = art("https://y.example/z", body(), hours=2)
+def test_exact_duplicates_by_canonical_url_and_by_text_hash_within_a_source():
+    a = art("https://x.example/a", body(), hours=0, canonical="https://x.example/berita/canon-1")
+    same_canonical = art("https://x.example/amp/a", body() + "\nBeda sedikit.", hours=1,
+                         canonical="https://x.example/berita/canon-1")
+    same_text = art("https://x.example/z", body(), hours=2)
     got = decide([a, same_canonical, same_text])
     assert got[0] == ("new", None, a["url"])
     assert got[1] == ("exact", a["article_id"], same_canonical["url"])
     assert got[2] == ("exact", a["article_id"], same_text["url"])
+
+
+def test_word_for_word_copy_on_another_outlet_is_kept_and_flagged():
+    wire = art("https://antara.example/berita/1", body(), hours=0)
+    copy = art("https://kabar.example/nasional/2", body(), hours=3)
+    assert decide([copy, wire]) == [("new", None, wire["url"]), ("near", wire["article_id"], copy["url"])]
+
+
+def texts(n: int) -> list[str]:
+    return [" ".join(f"kata{i}{j} lain{j % 7} berita{(i * j) % 13}" for j in range(120)) for i in range(n)]
+
+
+def test_homepage_or_section_canonical_is_not_a_dedup_key():
+    arts = [art(f"https://x.example/berita/{i}.html", t, hours=i, canonical=c)
+            for i, (t, c) in enumerate(zip(texts(4), ["https://x.example/", "https://www.x.example",
+                                                      "https://x.example/nasional/", "https://x.example/"]))]
+    assert [k for k, _, _ in decide(arts)] == ["new"] * 4
+
+
+def test_canonical_declared_by_different_texts_in_a_run_is_not_a_key():
+    arts = [art(f"https://x.example/{i}.html", t, hours=i, canonical="https://x.example/berita/terkini-hari-ini")
+            for i, t in enumerate(texts(3))]
+    assert [k for k, _, _ in decide(arts)] == ["new"] * 3
+
+
+def test_two_feed_links_redirecting_to_one_page_give_one_row():
+    final = "https://x.example/berita/1.html"
+    twins = [art(final, body(), entry_url=e) for e in ("http://x.example/berita/1.html", final + "?from=rss")]
+    with TestPipeline() as p:
+        out = p | beam.Create(twins) | Deduplicate(S, IndexSnapshot)
+        assert_that(out.articles | beam.Map(lambda r: r["url"]), equal_to([final]))
+        assert_that(out.index | "K" >> beam.Map(lambda r: (r["kind"], r["article_id"])),
+                    equal_to([("article", article_id(final)), ("duplicate", article_id(final))]), label="index")
+
+
+def test_a_redirect_twin_in_a_later_run_is_a_duplicate(tmp_path):
+    store = Store(str(tmp_path))
+    first = art("https://x.example/berita/1.html", body())
+    keys = exact_keys(first)
+    store.write_table("_state/index/part-r1.parquet", index_table([
+        {"article_id": first["article_id"], "url_key": keys[0], "exact_keys": keys, "duplicate_of": None,
+         "kind": "article", "seen_at": datetime.now(timezone.utc), "minhash": signature(body(), S).tobytes()}]))
+    twin = art(first["url"], body(), entry_url="http://x.example/berita/1.html/")
+    assert decide([twin], load_index(store, window_days=7)) == [("exact", first["article_id"], first["url"])]
 
 
 def test_threshold_edges():
@@ -95,7 +141,7 @@ def test_across_runs_through_the_state_index(tmp_path):
 
 def test_deduplicate_transform_emits_articles_and_index_rows():
     a, b = art("https://a/1", body(), 0), art("https://b/1", "Lead.\n" + body(), 1)
-    exact = art("https://c/1", body(), 2)
+    exact = art("https://a/2", body(), 2)  # the same text from the same source
     with TestPipeline() as p:
         out = p | beam.Create([a, b, exact]) | Deduplicate(S, IndexSnapshot)
         assert_that(out.articles | beam.Map(lambda r: (r["url"], r["duplicate_of"])),

@@ -190,3 +190,35 @@ def test_detect_language_is_confident_or_none():
     assert detect_language(INDONESIAN) == "id"
     assert detect_language("ok ok ok ok ok ok ok ok ok") is None  # no confident guess on a few words
     assert detect_language("") is None
+
+
+def test_xhtml_page_with_xml_declaration_is_extracted():
+    xhtml = ('<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" '
+             '"http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd">\n'
+             + html_with('<meta property="og:title" content="Judul XHTML"/>').replace(
+                 "<html ", '<html xmlns="http://www.w3.org/1999/xhtml" ', 1))
+    row = extract_article(page(xhtml))
+    assert row["title"] == "Judul XHTML" and "paragraf pertama" in row["text"]
+
+
+def test_naive_page_times_are_local_to_the_feed_and_explicit_offsets_win():
+    wib = {"timezone": "Asia/Jakarta", "language": "id"}
+    naive = '<meta property="article:published_time" content="2024/11/12 10:00:00">'
+    assert extract_article(page(html_with(naive), **wib))["published_at"] == datetime(2024, 11, 12, 3, tzinfo=timezone.utc)
+    day_first = '<meta name="pubdate" content="05/11/2024 10:00">'
+    assert extract_article(page(html_with(day_first), **wib))["published_at"] == datetime(2024, 11, 5, 3, tzinfo=timezone.utc)
+    named = '<meta name="pubdate" content="Selasa, 12 November 2024 10:00 WITA">'
+    assert extract_article(page(html_with(named), **wib))["published_at"] == datetime(2024, 11, 12, 2, tzinfo=timezone.utc)
+    # a feed time read without an offset loses to a JSON-LD time that has one
+    jsonld = '<script type="application/ld+json">{"@type": "NewsArticle", "datePublished": "2024-11-12T10:00:00+08:00"}</script>'
+    feed_naive = {"feed_published_at": datetime(2024, 11, 12, 3, tzinfo=timezone.utc), "feed_time_explicit": False}
+    row = extract_article(page(html_with(jsonld), **wib, **feed_naive))
+    assert row["published_at"] == datetime(2024, 11, 12, 2, tzinfo=timezone.utc)
+    feed_explicit = {**feed_naive, "feed_time_explicit": True}
+    assert extract_article(page(html_with(jsonld), **wib, **feed_explicit))["published_at"] == feed_naive["feed_published_at"]
+
+
+def test_relative_og_image_is_resolved_against_the_page():
+    row = extract_article(page(html_with('<meta property="og:image" content="/img/foto.jpg">'),
+                               final_url="https://warta.example/berita/a.html"))
+    assert row["image_url"] == "https://warta.example/img/foto.jpg"

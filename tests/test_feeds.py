@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+
+import pytest
 
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -16,6 +18,7 @@ from pipeline.example import atom_feed, rss_feed
 from pipeline.loopback import Route
 from transforms.feeds import PollFeeds, feed_entries, parse_feed, poll_feed
 from net.http import HttpClient
+from lake.failures import Failures
 from lake.state import key64
 from transforms.urls import normalize_url
 
@@ -94,7 +97,7 @@ def test_billion_laughs_is_bounded(server):
     assert time.monotonic() - t0 < 5
     assert res.state["status"] in ("ok", "failed")  # recorded, never a hang or crash
     try:
-        parsed = parse_feed(lol.encode(), server.url("/lol"))
+        parsed = parse_feed(lol.encode())
     except ValueError:
         return  # refused as unreadable: fine
     assert len(parsed.feed.get("title", "")) < 10_000  # 10^9 "lol"s were not expanded
@@ -143,7 +146,7 @@ def test_fuzz_feed_parsing_raises_only_the_documented_error(body):
     """Any bytes: a parsed feed with well-formed entries, or ValueError (which poll_feed records)."""
     feed = Feed(name="fuzz", url="http://127.0.0.1/feed")
     try:
-        parsed = parse_feed(body, feed.url)
+        parsed = parse_feed(body)
     except ValueError:
         return
     for item in feed_entries(parsed, feed):
@@ -151,3 +154,70 @@ def test_fuzz_feed_parsing_raises_only_the_documented_error(body):
             continue
         assert item["url"].lower().startswith(("http://", "https://"))
         assert item["feed_published_at"] is None or item["feed_published_at"].tzinfo is not None
+
+
+def test_only_http_links_are_fetched_a_non_url_atom_id_is_one_error(server):
+    body = ("<?xml version='1.0'?><feed xmlns='http://www.w3.org/2005/Atom'><title>x</title>"
+            "<entry><id>1</id><title>a</title></entry>"
+            "<entry><id>tag:x.example,2024:5</id><title>b</title></entry>"
+            f"<entry><id>{server.base}/a/from-id.html</id><title>c</title></entry>"
+            "<entry><id>right</id><link rel='alternate' href='/a/relative.html'/><title>d</title></entry>"
+            "</feed>")
+    server.routes["/feed/atom"] = Route(body, "application/atom+xml")
+    res = poll_feed(Feed(name="x", url=server.url("/feed/atom")), HttpClient(HTTP), None, set(), 10)
+    assert [e["url"] for e in res.entries] == [f"{server.base}/a/from-id.html", f"{server.base}/a/relative.html"]
+    assert [e["url"] for e in res.errors] == ["1", "tag:x.example,2024:5"]
+    assert all("not an http(s) URL" in e["error"] for e in res.errors)
+
+
+def test_wib_naive_and_day_first_feed_times(server):
+    def rss(pub):
+        return (f"<rss version='2.0'><channel><title>x</title><language>id</language><item><title>a</title>"
+                f"<link>{server.base}/a</link><pubDate>{pub}</pubDate></item></channel></rss>")
+    c = HttpClient(HTTP)
+    for pub, tz, want, explicit in (
+            ("Tue, 12 Nov 2024 10:00:00 WIB", None, WHEN, True),
+            ("Tue, 12 Nov 2024 10:00:00 WITA", None, WHEN - timedelta(hours=1), True),
+            ("2024-11-12T10:00:00", None, WHEN, False),  # naive: the language's zone (id: Asia/Jakarta)
+            ("12/11/2024 10:00", None, WHEN, False),  # day first in Indonesian
+            ("2024-11-12T10:00:00", "Asia/Jayapura", WHEN - timedelta(hours=2), False)):
+        server.routes["/rss"] = Route(rss(pub), "application/rss+xml", conditional=False)
+        res = poll_feed(Feed(name="x", url=server.url("/rss"), timezone=tz), c, None, set(), 10)
+        entry = res.entries[0]
+        assert (entry["feed_published_at"], entry["feed_time_explicit"]) == (want, explicit), pub
+        assert entry["timezone"] == (tz or "Asia/Jakarta")
+
+
+def test_feed_timezone_must_be_an_iana_name():
+    with pytest.raises(ValueError):
+        Feed(name="x", url="http://127.0.0.1/feed", timezone="WIB/Nowhere")
+    assert Feed(name="x", url="http://127.0.0.1/feed", timezone="Asia/Makassar").timezone == "Asia/Makassar"
+
+
+def test_entry_errors_are_written_once_until_they_expire(server):
+    its = [{"title": "b", "link": "javascript:alert(1)", "published": WHEN}] + items(server.base, 1)
+    server.routes["/rss"] = Route(rss_feed(title="x", link=server.base, items=its), "application/rss+xml",
+                                  conditional=False)
+    feed, c = Feed(name="x", url=server.url("/rss")), HttpClient(HTTP)
+    first = poll_feed(feed, c, None, set(), 10)
+    assert len(first.errors) == 1
+    failures = Failures()
+    rec = failures.record(first.errors[0])
+    failures.records[rec["key"]] = rec
+    assert poll_feed(feed, c, None, set(), 10, failures).errors == []  # recorded: not written again
+    rec["retry_at"] = rec["last_at"] - timedelta(seconds=1)  # expired: written again
+    assert len(poll_feed(feed, c, None, set(), 10, failures).errors) == 1
+
+
+def test_failed_entries_wait_for_their_retry_time(server):
+    server.routes["/rss"] = Route(rss_feed(title="x", link=server.base, items=items(server.base, 2)),
+                                  "application/rss+xml", conditional=False)
+    feed, c = Feed(name="x", url=server.url("/rss")), HttpClient(HTTP)
+    failures = Failures()
+    err = {"url": f"{server.base}/a/0.html", "feed_url": feed.url, "source": "x", "stage": "fetch",
+           "error": "HTTP 503", "status": 503, "at": datetime.now(timezone.utc)}
+    rec = failures.record(err)
+    failures.records[rec["key"]] = rec
+    assert [e["url"] for e in poll_feed(feed, c, None, set(), 10, failures).entries] == [f"{server.base}/a/1.html"]
+    rec["retry_at"] = datetime.now(timezone.utc) - timedelta(minutes=1)
+    assert len(poll_feed(feed, c, None, set(), 10, failures).entries) == 2

@@ -1,8 +1,12 @@
 """Stage 4 — deduplicate: exact (URL, canonical URL, text hash) and near-duplicates (MinHash LSH).
 
-Exact duplicates are dropped (recorded in the index only). A near-duplicate is kept and flagged with
-``duplicate_of`` = the ``article_id`` of the original (the first-seen copy, across runs). Within a run
-articles are taken in a fixed order (published time, then URL), so a rerun decides exactly the same.
+Exact duplicates are dropped (recorded in the index only): the same final URL (two feed links redirecting
+to one page), the same declared canonical URL when it plausibly names the article (same site, not the home
+or a section page, not declared by pages with different texts in the run), or the same text from the same
+source. A near-duplicate — and a word-for-word copy on another outlet (a wire story run by several) — is
+kept and flagged with ``duplicate_of`` = the ``article_id`` of the original (the first-seen copy, across
+runs). Within a run articles are taken in a fixed order (published time, then URL), so a rerun decides
+exactly the same.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from datasketch import LeanMinHash, MinHash, MinHashLSH
 from config.settings import DedupSettings
 from transforms.outputs import split
 from lake.state import IndexSnapshot, key64
-from transforms.urls import normalize_url
+from transforms.urls import normalize_url, plausible_article_url
 
 INDEX = "index"
 SCHEME = "affine32"  # 32-bit hash values: signatures stored as uint32
@@ -44,9 +48,28 @@ def _minhash(sig: np.ndarray, num_perm: int) -> LeanMinHash:
     return LeanMinHash(seed=1, hashvalues=sig, scheme=SCHEME)
 
 
-def exact_keys(article: dict[str, Any]) -> list[int]:
-    return [k for k in (key64(article["url"]), key64(article.get("canonical_url")),
-                        key64(article["content_hash"])) if k is not None]
+def exact_keys(article: dict[str, Any], shared_canonicals: frozenset[str] = frozenset()) -> list[int]:
+    """Final URL, canonical URL (only a plausible article URL not in ``shared_canonicals``), and the text
+    hash within the source (the same text on another outlet is a flagged copy, not dropped)."""
+    canonical = article.get("canonical_url")
+    if canonical in shared_canonicals or not plausible_article_url(canonical, article["url"]):
+        canonical = None
+    return [k for k in (key64(article["url"]), key64(canonical),
+                        key64(f"{article.get('source')}\x00{article['content_hash']}")) if k is not None]
+
+
+def shared_canonicals(articles: Iterable[dict[str, Any]], threshold: float) -> frozenset[str]:
+    """Canonical URLs declared by pages with different texts (not near-duplicates of the first page that
+    declared it): they name a site or section, not an article. Reads the ``_minhash`` signatures."""
+    first: dict[str, np.ndarray] = {}
+    shared = set()
+    for a in articles:
+        c = a.get("canonical_url")
+        if c and c in first and np.mean(first[c] == a["_minhash"]) < threshold:  # estimated Jaccard
+            shared.add(c)
+        elif c:
+            first.setdefault(c, a["_minhash"])
+    return frozenset(shared)
 
 
 class NearDuplicateIndex:
@@ -79,11 +102,12 @@ class NearDuplicateIndex:
             aid = self.roots[aid]
         return aid
 
-    def decide(self, article: dict[str, Any], sig: np.ndarray) -> tuple[str, str | None]:
-        """``("exact", original_id)``, ``("near", original_id)`` or ``("new", None)``; updates the index."""
-        keys = exact_keys(article)
+    def decide(self, article: dict[str, Any], sig: np.ndarray, keys: list[int]) -> tuple[str, str | None]:
+        """``("exact", original_id)``, ``("near", original_id)`` or ``("new", None)``; updates the index.
+        An article whose own final URL is already known (a second feed link redirecting to the same page)
+        is an exact duplicate of itself."""
         for k in keys:
-            if k in self.exact and self.exact[k] != article["article_id"]:
+            if k in self.exact:
                 return "exact", self.exact[k]
         aid = article["article_id"]
         best = None
@@ -103,16 +127,19 @@ class NearDuplicateIndex:
 
 
 def decide_all(articles: Iterable[dict[str, Any]], index: NearDuplicateIndex):
-    """Yield ``(decision, article)`` in the deterministic order."""
+    """Yield ``(decision, original, article, signature, exact keys)`` in the deterministic order."""
     def order(a):
         when: datetime | None = a.get("published_at") or a.get("fetched_at")
-        return (when.timestamp() if when else 0.0, a["url"])
+        return (when.timestamp() if when else 0.0, a["url"], a["entry_url"])
 
-    for art in sorted(articles, key=order):
+    articles = sorted(articles, key=order)
+    shared = shared_canonicals(articles, index.settings.near_threshold)
+    for art in articles:
         art = dict(art)  # inputs are not ours to change (Dask may hand the same objects to a retried task)
         sig = art.pop("_minhash")
-        kind, original = index.decide(art, sig)
-        yield kind, original, art, sig
+        keys = exact_keys(art, shared)
+        kind, original = index.decide(art, sig, keys)
+        yield kind, original, art, sig, keys
 
 
 class _DeduplicateFn(beam.DoFn):
@@ -127,9 +154,9 @@ class _DeduplicateFn(beam.DoFn):
     def process(self, keyed):
         _, articles = keyed
         index = NearDuplicateIndex(self.snapshot, self.settings)
-        for kind, original, art, sig in decide_all(articles, index):
+        for kind, original, art, sig, keys in decide_all(articles, index):
             row = {
-                "article_id": art["article_id"], "url_key": key64(normalize_url(art["entry_url"])), "exact_keys": exact_keys(art),
+                "article_id": art["article_id"], "url_key": key64(normalize_url(art["entry_url"])), "exact_keys": keys,
                 "duplicate_of": original, "kind": "duplicate" if kind == "exact" else "article",
                 "seen_at": art["fetched_at"], "minhash": sig.tobytes() if kind != "exact" else None,
             }

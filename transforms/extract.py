@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 from urllib.parse import urljoin
 
@@ -22,8 +22,8 @@ import lxml.html
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
 import trafilatura
 from trafilatura.meta import reset_caches
-from dateutil import parser as dateparser
 
+from transforms.dates import When, best_time, day_first, parse_when
 from transforms.outputs import split
 from transforms.records import error_from
 from transforms.urls import article_id, normalize_url
@@ -74,6 +74,7 @@ RECALL_SWITCH = 0.5
 class PageMeta:
     canonical_url: str | None = None
     published_at: datetime | None = None
+    published_explicit: bool = False  # the page's time carried its own offset
     title: str | None = None
     authors: list[str] = field(default_factory=list)
     image: str | None = None
@@ -94,32 +95,6 @@ def clean_text(text: str) -> str:
 def content_hash(text: str) -> str:
     norm = " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
     return hashlib.sha256(norm.encode("utf-8")).hexdigest()
-
-
-def parse_datetime(value: Any) -> datetime | None:
-    if not value or not isinstance(value, str):
-        return None
-    try:
-        dt = dateparser.isoparse(value.strip())
-    except (ValueError, OverflowError):
-        try:
-            dt = dateparser.parse(value.strip())
-        except (ValueError, OverflowError, TypeError):
-            return None
-    if dt is None:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
-
-
-def plausible(dt: datetime | None, fetched_at: datetime) -> datetime | None:
-    """Reject dates in the future (beyond a day of clock skew) or before the web news era."""
-    if dt is None:
-        return None
-    if dt > fetched_at + timedelta(days=1) or dt.year < 1995:
-        return None
-    return dt
 
 
 def _jsonld_objects(tree) -> list[dict]:
@@ -158,8 +133,9 @@ def _first_h1(tree) -> str | None:
     return None
 
 
-def read_meta(tree, base_url: str) -> PageMeta:
-    """Canonical URL, published time, title, authors, image and language from the page head."""
+def read_meta(tree, base_url: str, tz: str | None = None, dayfirst: bool = False) -> PageMeta:
+    """Canonical URL, published time, title, authors, image and language from the page head. Times
+    without an offset are read in ``tz`` (the feed's zone), numeric dates day first if ``dayfirst``."""
     def meta(*names: str) -> str | None:
         for n in names:
             v = tree.xpath(f'//meta[@property="{n}" or @name="{n}" or @itemprop="{n}"]/@content')
@@ -176,13 +152,11 @@ def read_meta(tree, base_url: str) -> PageMeta:
 
     articles = [o for o in _jsonld_objects(tree)
                 if any(t in str(o.get("@type", "")) for t in ("Article", "Posting", "Report"))]
-    published = None
-    for obj in articles:
-        published = parse_datetime(obj.get("datePublished"))
-        if published:
-            break
-    published = published or parse_datetime(meta("article:published_time", "datePublished", "pubdate",
-                                                 "publishdate", "date", "dc.date", "DC.date.issued"))
+    declared = [parse_when(obj.get("datePublished"), tz, dayfirst) for obj in articles]
+    declared.append(parse_when(meta("article:published_time", "datePublished", "pubdate", "publishdate", "date",
+                                    "dc.date", "DC.date.issued"), tz, dayfirst))
+    declared = [w for w in declared if w]
+    published = next((w for w in declared if w.explicit), declared[0] if declared else None)
     authors = [a for obj in articles for a in _names(obj.get("author"))]
     if not authors:
         a = meta("author", "article:author")
@@ -190,12 +164,18 @@ def read_meta(tree, base_url: str) -> PageMeta:
     lang = tree.xpath("/html/@lang")
     return PageMeta(
         canonical_url=canonical,
-        published_at=published,
+        published_at=published.at if published else None,
+        published_explicit=bool(published and published.explicit),
         title=meta("og:title", "twitter:title") or _first_h1(tree) or (tree.findtext(".//title") or "").strip() or None,
         authors=[" ".join(a.split()) for a in dict.fromkeys(authors) if a.strip()],
-        image=meta("og:image", "twitter:image"),
+        image=_absolute(meta("og:image", "twitter:image"), base_url),
         language=(lang[0].split("-")[0].lower() if lang and lang[0].strip() else None),
     )
+
+
+def _absolute(url: str | None, base_url: str) -> str | None:
+    url = urljoin(base_url, url) if url else None
+    return url if url and url.startswith(("http://", "https://")) else None
 
 
 CLOSE_LANGUAGES = ({"id", "ms"},)  # the detector splits its confidence between these
@@ -253,13 +233,16 @@ def extract_body(html: str | bytes, url: str | None, options: dict[str, Any] | N
     return drop_leading_title(clean_text(text), list(titles))
 
 
-def page_date(tree) -> datetime | None:
-    """Last-resort publication date from the page (htmldate; day precision, taken as 00:00 UTC)."""
+def page_date(tree, tz: str | None = None) -> When | None:
+    """Last-resort publication date from the page (htmldate; day precision, taken as 00:00 in ``tz``)."""
     try:
         found = htmldate.find_date(tree, extensive_search=False, original_date=True)
     except Exception:
         return None
-    return parse_datetime(found)
+    return parse_when(found, tz)
+
+
+XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")  # XHTML: lxml refuses a str that declares its encoding
 
 
 def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -269,18 +252,21 @@ def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict
         raise ValueError("empty page")
     final_url = page.get("final_url") or page["url"]
     try:
-        tree = lxml.html.fromstring(html)
+        tree = lxml.html.fromstring(XML_DECLARATION.sub("", html, count=1) if isinstance(html, str) else html)
     except (lxml.etree.ParserError, ValueError) as e:
         raise ValueError(f"unparseable HTML: {e}") from None
-    meta = read_meta(tree, final_url)
+    tz, dayfirst = page.get("timezone"), day_first(page.get("language") or page.get("channel_language"))
+    meta = read_meta(tree, final_url, tz, dayfirst)
     h1 = [" ".join(h.text_content().split()) for h in tree.xpath("//h1")[:2]]
     text = extract_body(html, final_url, options, titles=[page.get("feed_title"), meta.title, *h1])
     if len(text) < min_chars:
         raise ValueError(f"no article body found ({len(text)} characters of text)")
     fetched_at = page["fetched_at"]
-    published = (plausible(page.get("feed_published_at"), fetched_at)
-                 or plausible(meta.published_at, fetched_at)
-                 or plausible(page_date(tree), fetched_at))
+    feed_time = page.get("feed_published_at")
+    published = best_time([  # an explicit offset beats a time read in the feed's zone
+        When(feed_time, bool(page.get("feed_time_explicit", True))) if feed_time else None,
+        When(meta.published_at, meta.published_explicit) if meta.published_at else None,
+        page_date(tree, tz)], fetched_at)
     url = normalize_url(final_url)
     authors = page.get("feed_authors") or meta.authors
     return {

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
+from urllib.parse import urljoin
 
 import apache_beam as beam
 import feedparser
@@ -18,8 +19,10 @@ import feedparser
 from config.settings import Feed, HttpSettings
 from net.http import FetchError, HttpClient
 from transforms.outputs import split
-from transforms.records import error_row
+from transforms.records import error_row, utcnow
+from lake.failures import Failures
 from lake.state import key64
+from transforms.dates import When, day_first, default_timezone, parse_when
 from transforms.urls import host_of, normalize_url
 
 ERRORS = "errors"
@@ -43,10 +46,23 @@ def _utc(struct) -> datetime | None:
         return None
 
 
-def parse_feed(body: bytes, url: str, content_type: str = "") -> feedparser.FeedParserDict:
-    """Parse feed bytes; raise ValueError when they are not a feed at all (HTML page, garbage)."""
-    parsed = feedparser.parse(body, response_headers={"content-type": content_type or "application/xml",
-                                                      "content-location": url})
+def entry_time(entry, tz: str | None, dayfirst: bool) -> When | None:
+    """The entry's published (else updated) time, read from the raw string so that naive times are local
+    to ``tz`` and WIB/WITA/WIT are understood; feedparser's own reading (UTC) when ours fails."""
+    for raw, struct in (("published", "published_parsed"), ("updated", "updated_parsed")):
+        when = parse_when(entry.get(raw), tz, dayfirst)
+        if when is None and _utc(entry.get(struct)):
+            when = When(_utc(entry.get(struct)), explicit=False)
+        if when:
+            return when
+    return None
+
+
+def parse_feed(body: bytes, content_type: str = "") -> feedparser.FeedParserDict:
+    """Parse feed bytes; raise ValueError when they are not a feed at all (HTML page, garbage).
+    Relative links are left as they are (``feed_entries`` resolves them), so that an ``<id>`` such as
+    ``1`` does not turn into a URL under the feed's address."""
+    parsed = feedparser.parse(body, response_headers={"content-type": content_type or "application/xml"})
     if not parsed.entries and not parsed.get("version"):
         reason = parsed.get("bozo_exception") or "no RSS/Atom structure found"
         hint = " (server sent HTML)" if "html" in content_type.lower() else ""
@@ -54,35 +70,70 @@ def parse_feed(body: bytes, url: str, content_type: str = "") -> feedparser.Feed
     return parsed
 
 
-def feed_entries(parsed: feedparser.FeedParserDict, feed: Feed) -> Iterable[dict[str, Any] | dict[str, str]]:
-    """Entries as pipeline elements; an unusable link yields ``{'error': ..., 'url': ...}`` instead."""
+def _is_http(url: str) -> bool:
+    return url.lower().startswith(("http://", "https://"))
+
+
+def entry_link(entry, base: str) -> tuple[str | None, str | None]:
+    """``(url, None)`` or ``(None, error)``. Only http(s) links are followed: the entry's link (resolved
+    against the feed), its alternate or enclosure links, or an id that is itself an absolute http(s) URL."""
+    ident = (entry.get("id") or "").strip()
+    link = (entry.get("link") or "").strip()
+    if entry.get("guidislink") and link == ident:
+        link = ""  # feedparser copied the id into link: an id is only a URL when it is an absolute one
+    hrefs = [link] + [(l.get("href") or "").strip() for l in entry.get("links", [])
+                      if l.get("rel", "alternate") in ("alternate", "enclosure")]
+    for href in filter(None, hrefs):
+        url = urljoin(base, href)
+        if _is_http(url):
+            return url, None
+        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+        return None, f"unsupported URL scheme {scheme or '(none)'!r}: not followed"
+    if _is_http(ident):
+        return ident, None
+    if ident:
+        return None, f"entry has no link and its id {ident[:200]!r} is not an http(s) URL: not followed"
+    return None, "entry has no link"
+
+
+def feed_entries(parsed: feedparser.FeedParserDict, feed: Feed, base: str | None = None
+                 ) -> Iterable[dict[str, Any] | dict[str, str]]:
+    """Entries as pipeline elements; an unusable link yields ``{'error': ..., 'url': ..., 'key': ...}`` instead
+    (``key``: what identifies the entry, to record its failure once)."""
     channel = (parsed.feed.get("language") or "").split("-")[0].lower()
+    channel = channel if len(channel) == 2 else None
+    language = feed.language or channel  # for reading the feed's times only; the article's language is decided later
+    tz = feed.timezone or default_timezone(language)
     for e in parsed.entries:
-        link = (e.get("link") or e.get("id") or "").strip()
-        if not link:
-            yield {"error": "entry has no link", "url": None}
-            continue
-        scheme = link.split(":", 1)[0].lower() if ":" in link else ""
-        if scheme not in ("http", "https"):
-            yield {"error": f"unsupported URL scheme {scheme or '(none)'!r}: not followed", "url": link[:500]}
+        url, error = entry_link(e, base or feed.url)
+        if error:
+            raw = (e.get("link") or e.get("id") or "").strip()
+            yield {"error": error, "url": raw[:500] or None,
+                   "key": raw or f"{feed.url} {e.get('title') or ''} {e.get('published') or ''}"}
             continue
         authors = [a.get("name") for a in e.get("authors", []) if a.get("name")] or (
             [e["author"]] if e.get("author") else [])
+        when = entry_time(e, tz, day_first(language))
         yield {
-            "url": link,
+            "url": url,
             "feed_url": feed.url,
             "source": feed.name,
             "language": feed.language,  # the feeds file's word; else detected from the text (extract)
-            "channel_language": channel if len(channel) == 2 else None,  # the feed's <language>: last resort
+            "channel_language": channel,  # the feed's <language>: last resort
+            "timezone": tz,
             "feed_title": e.get("title"),
             "feed_authors": authors,
-            "feed_published_at": _utc(e.get("published_parsed") or e.get("updated_parsed")),
+            "feed_published_at": when.at if when else None,
+            "feed_time_explicit": bool(when and when.explicit),
         }
 
 
 def poll_feed(feed: Feed, client: HttpClient, validators: dict[str, Any] | None,
-              seen: set[int], max_items: int) -> PollResult:
-    """Poll one feed. Never raises: failures become error rows in the result."""
+              seen: set[int], max_items: int, failures: Failures | None = None) -> PollResult:
+    """Poll one feed. Never raises: failures become error rows in the result. Entries that failed before
+    wait for their retry time; an entry's own error is written once, until it changes or expires."""
+    failures = failures or Failures()
+    now = utcnow()
     validators = validators or {}
     result = PollResult(state={"feed_url": feed.url, "source": feed.name, "status": "failed", "entries_new": 0})
     headers = {}
@@ -105,20 +156,22 @@ def poll_feed(feed: Feed, client: HttpClient, validators: dict[str, Any] | None,
                                        source=feed.name, status=resp.status))
         return result
     try:
-        parsed = parse_feed(resp.body, resp.url, resp.headers.get("content-type", ""))
+        parsed = parse_feed(resp.body, resp.headers.get("content-type", ""))
     except Exception as e:  # feedparser is defensive, but the input is hostile
         result.errors.append(error_row("poll", str(e), url=feed.url, feed_url=feed.url, source=feed.name,
                                        status=resp.status))
         return result
     taken: set[int] = set()
     capped = False
-    for item in feed_entries(parsed, feed):
+    for item in feed_entries(parsed, feed, resp.url):
         if "error" in item:
-            result.errors.append(error_row("poll", item["error"], url=item["url"], feed_url=feed.url,
-                                           source=feed.name))
+            fkey = key64(f"{feed.url} {item['key']}")
+            if not failures.already_recorded(fkey, item["error"], now):
+                result.errors.append({**error_row("poll", item["error"], url=item["url"], feed_url=feed.url,
+                                                  source=feed.name), "failure_key": fkey})
             continue
         key = key64(normalize_url(item["url"]))
-        if key in seen or key in taken:
+        if key in seen or key in taken or failures.waiting(key, now):
             continue
         if len(taken) >= max_items:
             capped = True  # the rest stay in the feed; validators are not stored so the next poll sees them
@@ -135,9 +188,9 @@ def poll_feed(feed: Feed, client: HttpClient, validators: dict[str, Any] | None,
 
 
 class _PollFeedsFn(beam.DoFn):
-    def __init__(self, http: HttpSettings, validators: dict[str, dict], max_items: int, seen_loader):
+    def __init__(self, http: HttpSettings, validators: dict[str, dict], max_items: int, seen_loader, failures_loader):
         self.http, self.validators, self.max_items = http, validators, max_items
-        self.seen_loader = seen_loader
+        self.seen_loader, self.failures_loader = seen_loader, failures_loader
         self.polled = beam.metrics.Metrics.counter("warta", "feeds_polled")
         self.unchanged = beam.metrics.Metrics.counter("warta", "feeds_unchanged")
         self.failed = beam.metrics.Metrics.counter("warta", "feeds_failed")
@@ -146,12 +199,14 @@ class _PollFeedsFn(beam.DoFn):
     def setup(self):
         self.client = HttpClient(self.http)
         self.seen = self.seen_loader()
+        self.failures = self.failures_loader()
 
     def teardown(self):
         self.client.close()
 
     def poll_host(self, feeds: list[Feed]) -> list[PollResult]:
-        return [poll_feed(f, self.client, self.validators.get(f.url), self.seen, self.max_items) for f in feeds]
+        return [poll_feed(f, self.client, self.validators.get(f.url), self.seen, self.max_items,
+                          self.failures) for f in feeds]
 
     def process(self, feeds: list[Feed]):
         by_host: dict[str, list[Feed]] = {}
@@ -179,11 +234,13 @@ class PollFeeds(beam.PTransform):
     validators: dict[str, dict]
     max_items: int
     seen_loader: Any  # zero-arg callable returning the set of known URL keys; called in DoFn.setup
+    failures_loader: Any = Failures  # zero-arg callable returning the failure records (lake.failures)
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, feeds):
         tagged = feeds | "AllFeeds" >> beam.combiners.ToList() | "Poll" >> beam.ParDo(
-            _PollFeedsFn(self.http, self.validators, self.max_items, self.seen_loader))
+            _PollFeedsFn(self.http, self.validators, self.max_items, self.seen_loader,
+                         self.failures_loader))
         return split(tagged, ["entries", ERRORS, FEED_STATE])

@@ -1,9 +1,12 @@
-"""Row shapes shared by the stages: errors/ rows and timestamps."""
+"""Row shapes shared by the stages: errors/ rows and timestamps; failure records from errors/ rows."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+
+import apache_beam as beam
 
 STAGES = ("poll", "robots", "fetch", "extract", "ner", "write")
 
@@ -36,17 +39,28 @@ def error_from(exc: BaseException, stage: str, element: dict[str, Any] | None) -
     )
 
 
-PERMANENT_MARKERS = ("content type", "larger than", "unsupported URL scheme", "redirects")
+class _FailureRecordFn(beam.DoFn):
+    def __init__(self, failures_loader):
+        self.failures_loader = failures_loader
+
+    def setup(self):
+        self.failures = self.failures_loader()
+
+    def process(self, err: dict[str, Any]):
+        record = self.failures.record(err)
+        if record:
+            yield record
 
 
-def is_permanent(err: dict[str, Any]) -> bool:
-    """Will retrying this failed item give the same result? Transient ones (5xx, timeouts) are retried
-    the next time their feed changes; permanent ones are remembered and never fetched again."""
-    if not err.get("url") or err.get("url") == err.get("feed_url"):
-        return False  # feed-level failures: the feed is polled again next run anyway
-    if err["stage"] in ("robots", "extract"):
-        return True
-    status = err.get("status")
-    if status is not None and 400 <= status < 500 and status not in (408, 429):
-        return True
-    return any(m in err["error"] for m in PERMANENT_MARKERS)
+@dataclass(eq=False)
+class RecordFailures(beam.PTransform):
+    """errors/ rows in; failure records (attempts, next retry time: :mod:`lake.failures`) out. Feed-level
+    failures are not recorded: the feed is polled again next run anyway."""
+
+    failures_loader: Any  # zero-arg callable returning the current lake.failures.Failures
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, errors):
+        return errors | "Record" >> beam.ParDo(_FailureRecordFn(self.failures_loader))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+import re
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 TRACKING_PARAMS = frozenset({
     "fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "igshid", "mc_cid", "mc_eid",
@@ -22,12 +23,23 @@ def normalize_url(url: str) -> str:
         host = f"{host}:{port}"
     if parts.username or parts.password:
         host = f"{parts.username or ''}{':' + parts.password if parts.password else ''}@{host}"
-    query = [
-        (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        if k.lower() not in TRACKING_PARAMS and not k.lower().startswith(TRACKING_PREFIXES)
-    ]
     path = parts.path or "/"
-    return urlunsplit((scheme, host, path, urlencode(query, doseq=True), ""))
+    return urlunsplit((scheme, host, path, _clean_query(parts.query), ""))
+
+
+def _clean_query(query: str) -> str:
+    """Drop tracking parameters; ``key=value`` pairs re-encoded, other parts (``?berita/123``) kept as they are."""
+    kept = []
+    for part in query.split("&"):
+        if not part:
+            continue
+        if "=" not in part:
+            kept.append(part)
+            continue
+        key = unquote_plus(part.split("=", 1)[0]).lower()
+        if key not in TRACKING_PARAMS and not key.startswith(TRACKING_PREFIXES):
+            kept.append(urlencode(parse_qsl(part, keep_blank_values=True)))
+    return "&".join(kept)
 
 
 def article_id(url: str) -> str:
@@ -37,3 +49,28 @@ def article_id(url: str) -> str:
 
 def host_of(url: str) -> str:
     return (urlsplit(url).hostname or "").lower()
+
+
+def site_of(host: str) -> str:
+    """A host without the ``www.``/``m.``/``amp.`` prefixes outlets serve the same site under."""
+    return re.sub(r"^(?:www\d*|m|amp|mobile)\.", "", host.lower())
+
+
+_ID = re.compile(r"\d|\.\w+$")  # an id or a file suffix (.html)
+_WORDS = re.compile(r"\w-\w+-\w")  # a slug of three words or more
+
+
+def plausible_article_url(candidate: str | None, page_url: str) -> bool:
+    """Can a page's declared canonical URL stand for the article (serve as an exact dedup key)?
+    Only on the page's own site, and not the site root or a bare section page (``/nasional/``)."""
+    if not candidate:
+        return False
+    c, p = urlsplit(candidate), urlsplit(page_url)
+    if c.scheme not in ("http", "https") or site_of(c.hostname or "") != site_of(p.hostname or ""):
+        return False
+    segments = [s for s in c.path.split("/") if s]
+    if c.query:
+        return True  # ?p=123, ?id=...: the article is named in the query
+    if len(segments) >= 3 or any(_ID.search(s) for s in segments):
+        return True
+    return len(segments) == 2 and "-" in segments[1] or len(segments) == 1 and bool(_WORDS.search(segments[0]))

@@ -15,6 +15,7 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 
+from lake.failures import failures_table
 from lake.state import index_table
 from lake.store import Store
 
@@ -93,6 +94,15 @@ def _write_index(rows, store: Store, run_id: str):
     return len(rows)
 
 
+def _write_failures(records, store: Store, run_id: str):
+    latest: dict[int, dict] = {}
+    for r in records:  # one record per URL: the latest failure of the run
+        if r["key"] not in latest or r["last_at"] >= latest[r["key"]]["last_at"]:
+            latest[r["key"]] = r
+    store.write_table(f"{staging_dir(run_id)}/failures.parquet", failures_table(list(latest.values())))
+    return len(latest)
+
+
 def _write_feed_state(states, store: Store, run_id: str):
     store.write_bytes(f"{staging_dir(run_id)}/feeds.json",
                       json.dumps(sorted(states, key=lambda s: s["feed_url"]), default=str).encode())
@@ -112,13 +122,14 @@ class WriteState(beam.PTransform):
 
     store: Store
     run_id: str
-    kind: str  # "index", "feeds" or "backlog"
+    kind: str  # "index", "feeds", "backlog" or "failures"
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, rows):
-        fn = {"index": _write_index, "feeds": _write_feed_state, "backlog": _write_backlog}[self.kind]
+        fn = {"index": _write_index, "feeds": _write_feed_state, "backlog": _write_backlog,
+              "failures": _write_failures}[self.kind]
         store, run_id = self.store, self.run_id
         return (
             rows
