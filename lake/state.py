@@ -3,6 +3,8 @@
 - ``_state/index/*.parquet`` — one row per URL ever taken (article, exact duplicate or failure):
   url key, canonical key, content hash, MinHash signature (kept only inside the dedup window).
 - ``_state/feeds.json`` — per feed URL: ETag, Last-Modified, last status.
+- ``_state/schema.json`` — the lake's schema version, its columns per dataset, the partition layout,
+  and the history of added columns (readers: ``union_by_name`` / a unified pyarrow schema).
 
 State files are written only by the commit step (``lake.commit``), after the data they describe.
 """
@@ -10,6 +12,7 @@ State files are written only by the commit step (``lake.commit``), after the dat
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -18,8 +21,11 @@ import pyarrow as pa
 
 from lake.store import Store
 
+log = logging.getLogger(__name__)
+
 INDEX_DIR = "_state/index"
 FEEDS_FILE = "_state/feeds.json"
+SCHEMA_FILE = "_state/schema.json"
 
 INDEX_SCHEMA = pa.schema([
     ("article_id", pa.string()),
@@ -114,3 +120,23 @@ def compact_index(store: Store, run_id: str, window_days: int, keep_parts: int =
     store.write_table(f"{INDEX_DIR}/compact-{run_id}.parquet", index_table(rows))
     for p in parts:
         store.remove(p)
+
+
+def record_schema(store: Store, datasets: dict[str, pa.Schema], layout: str) -> dict:
+    """Record the columns this version writes in ``_state/schema.json``; a column not seen before
+    bumps the version (columns are only ever added, so old files stay readable with the new ones)."""
+    now = {name: {f.name: str(f.type) for f in schema} for name, schema in datasets.items()}
+    doc = store.read_json(SCHEMA_FILE) or {"version": 0, "layout": layout, "datasets": {}, "history": []}
+    added = {name: {c: t for c, t in cols.items() if c not in doc["datasets"].get(name, {})}
+             for name, cols in now.items()}
+    added = {name: cols for name, cols in added.items() if cols}
+    if doc.get("layout") != layout:
+        log.warning("this lake is partitioned by %s but the settings say lake.layout=%s", doc.get("layout"), layout)
+    if added:
+        doc["version"] += 1
+        for name, cols in added.items():
+            doc["datasets"].setdefault(name, {}).update(cols)
+        doc["history"].append({"version": doc["version"], "added": added,
+                               "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        store.write_json(SCHEMA_FILE, doc)
+    return doc

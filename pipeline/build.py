@@ -87,7 +87,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     deduped = tagged.articles | "Deduplicate" >> Deduplicate(
         s.dedup, partial(load_snapshot, plan.store, s.dedup.window_days, plan.run_id))
 
-    written = [deduped.articles | "WriteArticles" >> WriteDataset(plan.store, plan.run_id, "articles")]
+    written = [deduped.articles | "WriteArticles" >> WriteDataset(plan.store, plan.run_id, "articles", s.lake.layout)]
     errors = (polled.errors, pages.errors, extracted.errors, tagged.errors) | "AllErrors" >> beam.Flatten()
     written.append(errors | "WriteErrors" >> WriteDataset(plan.store, plan.run_id, "errors"))
     remembered = (

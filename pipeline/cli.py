@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from config.settings import ConfigError, Settings, load_feeds, load_settings
 from pipeline.build import Plan, build
+from lake.compact import compact_after_run
 from lake.commit import LockedError, RunLock, commit, new_run_id, recover, summarize_staged
 from pipeline.options import split_args
 from lake.state import FEEDS_FILE
@@ -91,7 +92,8 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
         paths = plan.ner_paths()
         stats["no_model"] = [lang for lang in stats.pop("languages") if not paths.get(lang)] if settings.ner.enabled else []
         stats["seconds"] = round(time.monotonic() - t0, 2)
-        commit(store, run_id, stats, settings.dedup.window_days)
+        manifest = commit(store, run_id, stats, settings.dedup.window_days)
+        compact_after_run(store, settings.lake, manifest["files"])
     log.info(summary_line(stats, stats["seconds"]))
     return stats
 
@@ -178,6 +180,7 @@ def run_every(interval: float, feeds, settings: Settings, output: str, beam_args
 # Imported only when chosen, so `warta run` never pays for another command's imports.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.cli:run", "poll the feeds once (or --every INTERVAL) and commit to the lake"),
+    "compact": ("pipeline.compact:compact_command", "rewrite each partition's small files into large sorted ones; retention"),
 }
 
 
