@@ -234,6 +234,13 @@ def fold_keys(tables: list[pa.Table], base: tuple[np.ndarray, pa.Array] | None =
 KEYS_GROUP_ROWS = 65536
 
 
+def write_keys(store: Store, rel: str, keys: np.ndarray, holders: pa.Array) -> None:
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"key": pa.array(keys, pa.uint64()), "holder": holders}), buf, compression="zstd",
+                   row_group_size=KEYS_GROUP_ROWS)
+    store.write_bytes(rel, buf.getvalue())
+
+
 def compact_index(store: Store, run_id: str, window_days: int, keep_parts: int = 16) -> None:
     """Once there are many row files: fold every key into a new ``keys-<run_id>.parquet`` (sorted, with
     the holders), keep only the dedup window's rows (signatures, roots) in ``compact-<run_id>.parquet``.
@@ -249,11 +256,7 @@ def compact_index(store: Store, run_id: str, window_days: int, keep_parts: int =
         old = store.read_table(keys_file)
         base = (old.column("key").to_numpy(), old.column("holder").combine_chunks())
     tables = [store.read_table(p).cast(INDEX_SCHEMA) for p in row_files]
-    keys, holders = fold_keys(tables, base)
-    buf = io.BytesIO()
-    pq.write_table(pa.table({"key": pa.array(keys, pa.uint64()), "holder": holders}), buf, compression="zstd",
-                   row_group_size=KEYS_GROUP_ROWS)
-    store.write_bytes(f"{INDEX_DIR}/keys-{run_id}.parquet", buf.getvalue())
+    write_keys(store, f"{INDEX_DIR}/keys-{run_id}.parquet", *fold_keys(tables, base))
     cutoff = datetime.now(timezone.utc) - timedelta(days=window_days)
     seen: set[tuple] = set()
     rows = []
