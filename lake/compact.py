@@ -119,12 +119,13 @@ def rewrite_partition(store: Store, part: str, files: list[str], target_bytes: i
 
 
 def move(store: Store, src: str, dst: str) -> None:
-    """Into place in one step for readers: a rename on local disks, a PUT (copy) then delete elsewhere."""
+    """Into place in one step for readers: a rename on local disks, a server-side copy (one atomic
+    object) then delete on object stores."""
     if store.is_local:
         store.fs.makedirs(posixpath.dirname(store.path(dst)), exist_ok=True)
         store.fs.mv(store.path(src), store.path(dst))
     else:
-        store.copy(src, dst)
+        store.fs.copy(store.path(src), store.path(dst))
         store.remove(src)
 
 
