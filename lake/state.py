@@ -62,7 +62,8 @@ class SortedKeys:
                  group_rows: int = 0):
         self.keys = np.zeros(0, dtype=np.uint64) if keys is None else keys
         self.store, self.rel, self.group_rows = store, rel, group_rows
-        self._groups: dict[int, list] = {}
+        self._file: pq.ParquetFile | None = None  # opened at the first holder lookup, kept for the next ones
+        self._groups: dict[int, pa.Array] = {}
 
     @classmethod
     def load(cls, store: Store, rel: str) -> "SortedKeys":
@@ -85,9 +86,10 @@ class SortedKeys:
             return None
         g, offset = divmod(i, self.group_rows)
         if g not in self._groups:
-            with self.store.fs.open(self.store.path(self.rel), "rb") as fh:
-                self._groups[g] = pq.ParquetFile(fh).read_row_group(g, columns=["holder"]).column(0).to_pylist()
-        return self._groups[g][offset]
+            if self._file is None:
+                self._file = pq.ParquetFile(self.store.fs.open(self.store.path(self.rel), "rb"))
+            self._groups[g] = self._file.read_row_group(g, columns=["holder"]).column(0).combine_chunks()
+        return self._groups[g][offset].as_py()
 
 
 class KeySet:
