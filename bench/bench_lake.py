@@ -65,13 +65,13 @@ def synthetic_article(rnd: random.Random, n: int, source: str, when: datetime) -
             "content_hash": f"{n:016x}", "duplicate_of": None, "entities": ents, "image_url": None}
 
 
-def poll(store: Store, run_id: str, arts: list[dict], errs: list[dict]) -> dict:
+def poll(store: Store, run_id: str, arts: list[dict], errs: list[dict], layout: str = "date_source") -> dict:
     """Stage as transforms.write does (one file per partition), then the real commit."""
     for dataset, rows, schema, key in (("articles", arts, ARTICLE_SCHEMA, "article_id"),
                                        ("errors", errs, ERROR_SCHEMA, "url")):
         parts: dict[str, list] = {}
         for r in rows:
-            parts.setdefault(partition_of(r, dataset), []).append(r)
+            parts.setdefault(partition_of(r, dataset, layout), []).append(r)
         for part, rs in parts.items():
             store.write_table(f"{staging_dir(run_id)}/{dataset}/{part}/part-{run_id}.parquet", rows_table(rs, schema, key))
     store.write_table(f"{staging_dir(run_id)}/index.parquet", index_table([
@@ -221,6 +221,16 @@ def main(argv=None) -> int:
             result[f"{variant}_vs_single"] = {q: round(result[f"queries_{variant}"][q]["median_s"]
                                                        / max(1e-9, result["queries_single_file"][q]["median_s"]), 1)
                                               for q in QUERIES}
+        # the same rows with the `date` layout (source a column), committed and compacted
+        by_date = Store(str(tmp / "by_date"))
+        poll(by_date, "20241101T000000-all", table.drop_columns(["date"]).to_pylist(), [], layout="date")
+        compact(by_date, Policy())
+        result["files_date_layout"] = len(lake_files(tmp / "by_date"))
+        result["queries_date_layout"] = time_queries(
+            f"read_parquet('{tmp}/by_date/articles/*/*.parquet', hive_partitioning=true)", probe)
+        result["date_layout_vs_single"] = {q: round(result["queries_date_layout"][q]["median_s"]
+                                                    / max(1e-9, result["queries_single_file"][q]["median_s"]), 1)
+                                           for q in QUERIES}
         result["state_load"] = [state_load(n, tmp) for n in args.keys]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")

@@ -235,6 +235,7 @@ def test_ingest_date_layout_partitions_by_fetch_day():
     late = article(1, "kabar", DAY - timedelta(days=3))
     assert partition_of(late, "articles") == "date=2024-11-09/source=kabar"
     assert partition_of(late, "articles", "ingest_date") == "ingest_date=2024-11-09/source=kabar"
+    assert partition_of(late, "articles", "date") == "date=2024-11-09"
     late["fetched_at"] = DAY
     assert partition_of(late, "articles", "ingest_date") == "ingest_date=2024-11-12/source=kabar"
     assert lc.partition_day("articles/ingest_date=2024-11-12/source=kabar") == "2024-11-12"
