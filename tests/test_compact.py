@@ -239,3 +239,19 @@ def test_ingest_date_layout_partitions_by_fetch_day():
     late["fetched_at"] = DAY
     assert partition_of(late, "articles", "ingest_date") == "ingest_date=2024-11-12/source=kabar"
     assert lc.partition_day("articles/ingest_date=2024-11-12/source=kabar") == "2024-11-12"
+
+
+@pytest.mark.slow
+def test_a_run_compacts_the_partitions_it_touched_and_records_the_schema(world, tmp_path, fast_config):
+    feeds = world.feeds_yaml(tmp_path / "feeds.yaml", "patroli", "kabar")
+    config = tmp_path / "compacting.yaml"
+    config.write_text(fast_config.read_text() + "\nlake:\n  compact_after_files: 1\n")
+    out = tmp_path / "lake"
+    res = warta("run", "--feeds", feeds, "--output", out, "--config", config, "--no-ner")
+    assert res.returncode == 0, res.stderr[-2000:]
+    files = data_files(out)
+    assert files and all("/compact-" in f for f in files)
+    assert Store(str(out)).read_json(SCHEMA_FILE)["version"] == 1
+    before = rows(out)
+    again = warta("run", "--feeds", feeds, "--output", out, "--config", config, "--no-ner")
+    assert again.returncode == 0 and rows(out) == before and data_files(out) == files
