@@ -13,8 +13,8 @@ from config.settings import ConfigError, load_settings
 from lake.commit import LockedError, RunLock, new_run_id, recover
 from lake.compact import Policy, compact, record_lake_schema
 from lake.store import Store
+from pipeline.cli import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
 log = logging.getLogger("warta")
 
 
