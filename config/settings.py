@@ -81,10 +81,23 @@ class DedupSettings(Strict):
     num_perm: int = Field(128, ge=16)
 
 
+class LakeSettings(Strict):
+    layout: Literal["date_source", "date", "ingest_date"] = Field(
+        "date_source", description="articles/date=<published day>/source=..., date=<published day> alone, "
+                                   "or ingest_date=<fetch day>/source=...")
+    compact_target_mb: int = Field(128, ge=1, description="size of the files compaction writes")
+    compact_after_files: int = Field(16, ge=0, description="after a run, compact a partition it touched once it "
+                                     "holds this many files (0: never automatically)")
+    compact_closed_days: bool = True  # after a run, compact yesterday's partitions (UTC) that hold several files
+    retention_days: int | None = Field(None, ge=1, description="articles older than this are deleted by compaction")
+    errors_retention_days: int | None = Field(None, ge=1, description="errors/ rows older than this are deleted")
+
+
 class Settings(Strict):
     http: HttpSettings = HttpSettings()
     ner: NerSettings = NerSettings()
     dedup: DedupSettings = DedupSettings()
+    lake: LakeSettings = LakeSettings()
     max_items_per_feed: int = Field(500, ge=1, description="new entries taken per feed per poll; the rest wait")
     parallelism: int | None = Field(None, ge=1, description="host groups fetched and processed in parallel; "
                                     "default: the runner's worker count (--direct_num_workers, local Dask: 2), else 8")

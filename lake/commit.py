@@ -153,6 +153,8 @@ def merge_feed_state(store: Store, states: list[dict[str, Any]], run_id: str) ->
 
 def recover(store: Store, window_days: int) -> list[str]:
     """Finish runs that passed their commit point; drop staging of runs that did not. Returns replayed ids."""
+    from lake.compact import recover_compactions  # compaction builds on this module
+
     replayed = []
     store.remove_temp_files()
     runs = sorted({p.split("/")[2] for p in store.list(PENDING)})
@@ -165,4 +167,5 @@ def recover(store: Store, window_days: int) -> list[str]:
         else:
             log.warning("discarding uncommitted output of interrupted run %s", run_id)
             store.remove(staging_dir(run_id), recursive=True)
+    recover_compactions(store)
     return replayed

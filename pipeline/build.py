@@ -133,5 +133,6 @@ def process_entries(entries, plan: Plan, paths: dict) -> SimpleNamespace:
     errors = (fetch_errors, extracted.errors, tagged.errors) | "PageErrors" >> beam.Flatten()
     backlog = (pages.backlog | "CountDeferred" >> beam.Map(count, plan.progress_dir, "deferred")
                | "WriteBacklog" >> WriteState(plan.store, plan.run_id, "backlog"))
-    articles = deduped.articles | "WriteArticles" >> WriteDataset(plan.store, plan.run_id, "articles")
+    articles = deduped.articles | "WriteArticles" >> WriteDataset(plan.store, plan.run_id, "articles",
+                                                                  s.lake.layout)
     return SimpleNamespace(errors=errors, index=deduped.index, written=[articles, backlog])

@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions 
 from config.settings import ConfigError, Settings, load_feeds, load_settings  # noqa: E402
 from pipeline.build import Plan, build  # noqa: E402
 from pipeline.progress import OUR_LOGGERS, ProgressLine, QuietFilter  # noqa: E402
+from lake.compact import compact_after_run  # noqa: E402
 from lake.commit import (LockedError, RunLock, commit, new_run_id, read_backlog, recover,  # noqa: E402
                          summarize_staged)
 from pipeline.worker import DirectFnRunner  # noqa: E402
@@ -130,7 +131,8 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
         paths = plan.ner_paths()
         stats["no_model"] = [lang for lang in stats.pop("languages") if not paths.get(lang)] if settings.ner.enabled else []
         stats["seconds"] = round(time.monotonic() - t0, 2)
-        commit(store, run_id, stats, settings.dedup.window_days, backlog_taken=taken, fence=lock.check)
+        manifest = commit(store, run_id, stats, settings.dedup.window_days, backlog_taken=taken, fence=lock.check)
+        compact_after_run(store, settings.lake, manifest["files"])
     log.info(summary_line(stats, stats["seconds"]))
     return stats
 
@@ -236,6 +238,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("pipeline.report:report", "write one self-contained HTML page about the lake (--output, --days, --to)"),
     "stats": ("pipeline.report:stats", "print the lake's key numbers as a plain table (for terminals and cron mail)"),
     "errors": ("pipeline.errors:errors", "list remembered failures, or `retry` them on the next run"),
+    "compact": ("pipeline.compact:compact_command", "rewrite each partition's small files into large sorted ones; retention"),
 }
 
 

@@ -153,24 +153,3 @@ def test_deduplicate_transform_emits_articles_and_index_rows():
 def test_signature_is_stable_and_compact():
     s1, s2 = signature(body(), S), signature(body(), S)
     assert s1.dtype == np.uint32 and len(s1) == S.num_perm and (s1 == s2).all()
-
-
-def test_index_compaction_merges_parts_and_expires_old_signatures(tmp_path):
-    from lake.state import compact_index
-
-    store = Store(str(tmp_path))
-    sig = signature(body(), S).tobytes()
-    now = datetime.now(timezone.utc)
-    for part in range(20):
-        old = now - timedelta(days=30 if part < 5 else 0)
-        rows = [{"article_id": f"a{part}", "url_key": part, "exact_keys": [1000 + part], "duplicate_of": None,
-                 "kind": "article", "seen_at": old, "minhash": sig}]
-        if part == 19:
-            rows.append(dict(rows[0], article_id="a18", url_key=18, exact_keys=[1018]))  # a repeated row
-        store.write_table(f"_state/index/part-{part:02d}.parquet", index_table(rows))
-    compact_index(store, "run-x", window_days=7, keep_parts=16)
-    assert store.list("_state/index") == ["_state/index/compact-run-x.parquet"]
-    snap = load_index(store, window_days=None)
-    assert len(snap.url_keys) == 40  # 20 url keys + 20 exact keys, nothing lost
-    assert {a for a, _, _ in snap.signatures} == {f"a{i}" for i in range(5, 20)}  # expired ones dropped
-    assert store.read_table("_state/index/compact-run-x.parquet").num_rows == 20

@@ -12,6 +12,7 @@ exactly the same.
 from __future__ import annotations
 
 import re
+from collections import ChainMap
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Iterable
@@ -77,8 +78,8 @@ class NearDuplicateIndex:
 
     def __init__(self, snapshot: IndexSnapshot, settings: DedupSettings):
         self.settings = settings
-        self.exact = dict(snapshot.exact)
-        self.roots = dict(snapshot.roots)
+        self.exact = ChainMap({}, snapshot.exact)  # this run's keys over the snapshot (read, not copied)
+        self.roots = ChainMap({}, snapshot.roots)
         # LSH finds candidates a little below the threshold (high recall); each is then verified
         # against the real threshold with the estimated Jaccard similarity.
         lsh_threshold = min(0.9, max(0.3, settings.near_threshold - 0.1))

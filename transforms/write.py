@@ -40,10 +40,15 @@ def staging_dir(run_id: str) -> str:
     return f"_state/pending/{run_id}"
 
 
-def partition_of(row: dict[str, Any], dataset: str) -> str:
+def partition_of(row: dict[str, Any], dataset: str, layout: str = "date_source") -> str:
+    """Hive partition of a row: ``date=<published day>/source=<name>``; with the ``ingest_date`` layout
+    ``ingest_date=<fetch day>/source=<name>`` (late articles land in the day they were fetched); with the
+    ``date`` layout ``date=<published day>`` alone (``source`` stays a column: 1 file a day once compacted)."""
     if dataset == "articles":
+        if layout == "ingest_date":
+            return f"ingest_date={row['fetched_at'].strftime('%Y-%m-%d')}/source={row['source']}"
         day = (row.get("published_at") or row["fetched_at"]).strftime("%Y-%m-%d")
-        return f"date={day}/source={row['source']}"
+        return f"date={day}" if layout == "date" else f"date={day}/source={row['source']}"
     return f"date={row['at'].strftime('%Y-%m-%d')}"
 
 
@@ -74,15 +79,16 @@ class WriteDataset(beam.PTransform):
     store: Store
     run_id: str
     dataset: str  # "articles" or "errors"
+    layout: str = "date_source"  # see partition_of
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, rows):
-        dataset = self.dataset
+        dataset, layout = self.dataset, self.layout
         return (
             rows
-            | "KeyByPartition" >> beam.Map(lambda r: (partition_of(r, dataset), r))
+            | "KeyByPartition" >> beam.Map(lambda r: (partition_of(r, dataset, layout), r))
             | "GroupByPartition" >> beam.GroupByKey()
             | "WriteParquet" >> beam.ParDo(_WritePartitionFn(self.store, self.run_id, dataset))
         )
