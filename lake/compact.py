@@ -23,12 +23,13 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Iterable
+from typing import Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lake import faults
+from lake.lock import LockLost
 from lake.state import record_schema
 from lake.store import Store
 from transforms.write import ARTICLE_SCHEMA, ERROR_SCHEMA
@@ -144,9 +145,11 @@ def swap(store: Store, marker: dict) -> None:
 
 
 def compact(store: Store, policy: Policy, prefixes: Iterable[str] = ("articles", "errors"),
-            compaction_id: str | None = None) -> dict[str, int]:
+            compaction_id: str | None = None, fence: Callable[[], None] | None = None) -> dict[str, int]:
     """Compact and expire the partitions below ``prefixes``. The caller holds the output's lock and has
-    run recovery. Returns counts: partitions rewritten/expired, files before/after."""
+    run recovery; ``fence`` (the lock's check) runs right before the commit point and raises
+    :class:`~lake.lock.LockLost` when another process holds the output now (the staging is then dropped).
+    Returns counts: partitions rewritten/expired, files before/after."""
     from lake.commit import new_run_id
 
     partitions = list_partitions(store, prefixes)
@@ -163,6 +166,12 @@ def compact(store: Store, policy: Policy, prefixes: Iterable[str] = ("articles",
         changes[part] = {"new": rewrite_partition(store, part, partitions[part], policy.target_bytes, stage),
                          "old": partitions[part]}
     faults.point("compact_staged")
+    if fence is not None:
+        try:
+            fence()
+        except LockLost:
+            store.remove(stage, recursive=True)
+            raise
     marker = {"id": cid, "partitions": changes, "committed_at": datetime.now(timezone.utc).isoformat()}
     store.write_json(f"{stage}/COMMIT", marker)  # the commit point
     swap(store, marker)
@@ -203,7 +212,8 @@ def record_lake_schema(store: Store, layout: str) -> dict:
     return record_schema(store, {name: schema for name, (schema, _) in DATASETS.items()}, layout)
 
 
-def compact_after_run(store: Store, lake, files: list[str], now: datetime | None = None) -> dict[str, int] | None:
+def compact_after_run(store: Store, lake, files: list[str], now: datetime | None = None,
+                      fence: Callable[[], None] | None = None) -> dict[str, int] | None:
     """Run by ``warta run`` under its lock right after a commit: records the schema version, then the
     automatic compaction policy: the partitions
     the run touched once they hold ``compact_after_files`` files, yesterday's partitions (a closed day)
@@ -217,14 +227,14 @@ def compact_after_run(store: Store, lake, files: list[str], now: datetime | None
     try:
         policy = Policy.from_settings(lake)
         policy.now = now
-        stats = compact(store, Policy.from_settings(lake, lake.compact_after_files), touched)
+        stats = compact(store, Policy.from_settings(lake, lake.compact_after_files), touched, fence=fence)
         later = expired_days(store, policy)
         if lake.compact_closed_days:
             day = (now - timedelta(days=1)).strftime("%Y-%m-%d")
             key = "ingest_date" if lake.layout == "ingest_date" else "date"
             later += [f"articles/{key}={day}", f"errors/date={day}"]
         if later:
-            closed = compact(store, policy, later)
+            closed = compact(store, policy, later, fence=fence)
             stats = {k: stats[k] + closed[k] for k in stats}
         return stats
     except Exception:  # the run is committed; compaction is retried after the next one

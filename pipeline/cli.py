@@ -132,7 +132,7 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
         stats["no_model"] = [lang for lang in stats.pop("languages") if not paths.get(lang)] if settings.ner.enabled else []
         stats["seconds"] = round(time.monotonic() - t0, 2)
         manifest = commit(store, run_id, stats, settings.dedup.window_days, backlog_taken=taken, fence=lock.check)
-        compact_after_run(store, settings.lake, manifest["files"])
+        compact_after_run(store, settings.lake, manifest["files"], fence=lock.check)
     log.info(summary_line(stats, stats["seconds"]))
     return stats
 

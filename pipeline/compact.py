@@ -67,9 +67,10 @@ def compact_command(argv: list[str]) -> int:
     t0 = time.monotonic()
     store = Store(ns.output, settings.storage_options)
     try:
-        with RunLock(store, new_run_id(), ttl=settings.lock_ttl):
+        with RunLock(store, new_run_id(), ttl=settings.lock_ttl) as lock:
             recover(store, settings.dedup.window_days)
-            stats = compact(store, policy, [p.rstrip("/") for p in ns.partition] or ("articles", "errors"))
+            stats = compact(store, policy, [p.rstrip("/") for p in ns.partition] or ("articles", "errors"),
+                            fence=lock.check)
             record_lake_schema(store, settings.lake.layout)
     except LockedError as e:
         print(f"warta: {e}", file=sys.stderr)

@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT
-from test_runners import s3  # noqa: F401  (the moto S3 server fixture)
 from config.settings import LakeSettings
 from lake import compact as lc
 from lake.commit import RunLock, commit
@@ -92,6 +91,21 @@ def test_compaction_writes_one_sorted_zstd_file_per_partition_and_is_idempotent(
     assert not store.list(lc.COMPACT_DIR)
     again = lc.compact(store, lc.Policy())
     assert again["partitions_rewritten"] == 0 and data_files(tmp_path) == files
+
+
+def test_compaction_that_lost_the_lock_commits_nothing(tmp_path):
+    from lake.lock import LockLost
+
+    store = Store(str(tmp_path))
+    polled_lake(store)
+    files, before = data_files(tmp_path), rows(tmp_path)
+
+    def taken_over():
+        raise LockLost("another run holds the output")
+
+    with pytest.raises(LockLost):
+        lc.compact(store, lc.Policy(), fence=taken_over)
+    assert data_files(tmp_path) == files and rows(tmp_path) == before and not store.list(lc.COMPACT_DIR)
 
 
 def test_target_size_splits_a_partition_and_a_rerun_leaves_it(tmp_path):

@@ -16,7 +16,8 @@ NOW = datetime.now(timezone.utc)
 
 
 def random_parts(store: Store, parts: int = 20, rows: int = 30, seed: int = 3) -> list[int]:
-    """Index parts with articles, exact duplicates (sharing keys) and failures; returns every key used."""
+    """Index parts with articles, exact duplicates (sharing keys) and failures (older versions wrote them
+    here; now ignored: see lake.failures); returns every key of the articles and duplicates."""
     rnd = random.Random(seed)
     used = []
     for p in range(parts):
@@ -26,7 +27,7 @@ def random_parts(store: Store, parts: int = 20, rows: int = 30, seed: int = 3) -
             kind = rnd.choice(["article"] * 6 + ["duplicate", "error"])
             url = rnd.getrandbits(64)
             exact = [] if kind == "error" else [rnd.getrandbits(64), rnd.choice(used or [7])]  # shared keys
-            used += [url, *exact]
+            used += [] if kind == "error" else [url, *exact]
             out.append({"article_id": aid, "url_key": url, "exact_keys": exact,
                         "duplicate_of": f"a0-{r}" if kind == "duplicate" else None, "kind": kind,
                         "seen_at": NOW - timedelta(days=30 if p < 5 else 0),
