@@ -22,6 +22,7 @@ from config.settings import ConfigError, Settings, load_feeds, load_settings
 from pipeline.build import Plan, build
 from lake.commit import LockedError, RunLock, commit, new_run_id, recover, summarize_staged
 from pipeline.options import split_args
+from transforms.ner import check_ner
 from lake.state import FEEDS_FILE
 from lake.store import Store
 
@@ -63,8 +64,9 @@ def summary_line(c: dict[str, Any], seconds: float) -> str:
             f"extracted={c['pages_extracted']} | duplicates exact={c['duplicates_exact']} near={c['duplicates_near']} "
             f"| entities={c['entities']} | rows written={c['articles_written']} "
             f"| errors={c['errors_written']} | {seconds:.1f}s")
-    if c.get("no_model"):
-        line += f" | no NER model for: {', '.join(c['no_model'])}"
+    if c.get("no_model"):  # {language: articles}
+        missing = ", ".join(f"{lang} ({n} article{'s' * (n != 1)})" for lang, n in c["no_model"].items())
+        line += f" | no NER model for {missing}: get one with `warta models download {' '.join(c['no_model'])}`"
     return line
 
 
@@ -89,7 +91,8 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
             result.client.close()
         stats = {"run_id": run_id, **summarize_staged(store, run_id)}
         paths = plan.ner_paths()
-        stats["no_model"] = [lang for lang in stats.pop("languages") if not paths.get(lang)] if settings.ner.enabled else []
+        stats["no_model"] = {lang: n for lang, n in stats.pop("languages").items()
+                             if lang != "None" and not paths.get(lang)} if settings.ner.enabled else {}
         stats["seconds"] = round(time.monotonic() - t0, 2)
         commit(store, run_id, stats, settings.dedup.window_days)
     log.info(summary_line(stats, stats["seconds"]))
@@ -114,6 +117,7 @@ def run(argv: list[str] | None = None) -> int:
                     ns.output = "./data-example"
             settings = load_settings(ns.config, overrides)
             feeds = load_feeds(ns.feeds)
+            check_ner(settings.ner, ns.runner)
         except ConfigError as e:
             print(f"warta: configuration error: {e}", file=sys.stderr)
             return EXIT_CONFIG
@@ -178,6 +182,7 @@ def run_every(interval: float, feeds, settings: Settings, output: str, beam_args
 # Imported only when chosen, so `warta run` never pays for another command's imports.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.cli:run", "poll the feeds once (or --every INTERVAL) and commit to the lake"),
+    "models": ("pipeline.models_cmd:models", "download Stanza NER models (`models download en`), list those found"),
 }
 
 
