@@ -14,9 +14,12 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from config.settings import NerSettings
+import transforms.ner as ner
+from config.settings import ConfigError, NerSettings
 from conftest import ROOT, seed_article
-from transforms.ner import REPO_MODELS, NerModel, TagEntities, Tagger, build_pipeline, model_paths, ner_tags
+from pipeline.cli import run
+from transforms.ner import (REPO_MODELS, NerModel, TagEntities, Tagger, build_pipeline, check_ner,
+                            documents_per_batch, model_paths, ner_tags, to_label)
 from transforms.segment import sentences
 
 PEOPLE = ["Alice Smith", "Bob Jones", "Carol White", "David Brown", "Emma Green", "Frank Black"]
@@ -155,3 +158,64 @@ def test_lean_tagging_equals_the_stanza_pipeline_on_nergrit_valid():
     expected = [[t.ner for t in s.tokens] for s in build_pipeline("id", paths, 1)(sents).sentences]
     assert ner_tags(NerModel(paths, 1), sents) == expected
     assert any(t != "O" for s in expected for t in s)
+
+
+@pytest.mark.parametrize("stanza_type, label", [
+    ("PERSON", "PER"), ("PER", "PER"), ("GPE", "LOC"), ("LOC", "LOC"), ("FAC", "LOC"), ("ORG", "ORG"),
+    ("persName", "PER"), ("placeName", "LOC"), ("orgName", "ORG"),
+    ("MISC", None), ("NORP", None), ("DATE", None), ("MONEY", None), ("WORK_OF_ART", None)])
+def test_stanza_types_map_to_per_loc_org_or_are_dropped(stanza_type, label):
+    assert to_label(stanza_type) == label
+
+
+def test_other_entity_types_are_dropped_with_offsets_kept(monkeypatch):
+    text = "Obama visited Paris on Monday with Google staff."
+    tags = ["S-PERSON", "O", "S-GPE", "O", "S-DATE", "O", "S-ORG", "O", "O"]
+    monkeypatch.setattr(ner, "ner_tags", lambda model, sents: [tags])
+    tagger = Tagger(NerSettings(), {"en": {"ner_model_path": "unused"}})
+    tagger._models["en"] = object()
+    ents = tagger.tag([text], "en")[0]
+    assert [(e["text"], e["label"]) for e in ents] == [("Obama", "PER"), ("Paris", "LOC"), ("Google", "ORG")]
+    check_offsets(text, ents)
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_device_cpu_and_auto_tag_on_cpu(device):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: auto would choose it")
+    paths = model_paths("id", NerSettings())
+    model = NerModel(paths, 1, device=device)
+    assert model.device == "cpu" and model.configs[0]["batch_size"] == 32
+    assert next(model.trainers[0].model.parameters()).device.type == "cpu"
+    sents = [["Presiden", "Vladimir", "Putin", "tiba", "di", "Kursk", "."]]
+    assert ner_tags(model, sents) == ner_tags(NerModel(paths, 1), sents)
+    assert documents_per_batch(NerSettings(device=device, batch_size=7, gpu_batch_size=99)) == 7
+
+
+def test_cuda_without_a_gpu_is_a_config_error(tmp_path, capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    settings = NerSettings(device="cuda")
+    with pytest.raises(ConfigError, match="ner.device is cuda, but torch .* sees no CUDA GPU"):
+        check_ner(settings)
+    check_ner(settings, "DataflowRunner")  # remote workers may have GPUs: checked where they load the model
+    assert documents_per_batch(NerSettings(device="cuda", gpu_batch_size=99)) == 99
+    cfg = tmp_path / "settings.yaml"
+    cfg.write_text("ner:\n  device: cuda\n")
+    assert run(["--config", str(cfg), "--output", str(tmp_path / "lake")]) == 2
+    assert "sees no CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "lake").exists()
+
+
+def test_missing_shipped_or_configured_model_fails_at_run_start(tmp_path, monkeypatch):
+    check_ner(NerSettings())  # the shipped model is here
+    with pytest.raises(ConfigError, match="ner.languages.en.ner_model_path: no such file"):
+        check_ner(NerSettings(languages={"en": {"ner_model_path": str(tmp_path / "none.pt")}}))
+    monkeypatch.setitem(ner.SHIPPED, "id", {"ner_model_path": str(tmp_path / "ner.pt"),
+                                            "ner_pretrain_path": str(tmp_path / "ner_pretrain.pt")})
+    with pytest.raises(ConfigError, match="Indonesian NER model shipped with warta is missing"):
+        check_ner(NerSettings())
+    check_ner(NerSettings(enabled=False))
+    check_ner(NerSettings(languages={"id": {"ner_model_path": str(REPO_MODELS / "id" / "ner.pt")}}))
