@@ -128,3 +128,14 @@ def test_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as e:
         models(argv)
     assert e.value.code == 2
+
+
+def test_run_summary_names_missing_languages_and_the_command():
+    from pipeline.cli import summary_line
+    counts = dict.fromkeys(["feeds_polled", "feeds_unchanged", "feeds_failed", "entries_new", "pages_fetched",
+                            "pages_extracted", "duplicates_exact", "duplicates_near", "entities",
+                            "articles_written", "errors_written"], 1)
+    assert "NER" not in summary_line({**counts, "no_model": {}}, 1.0)  # all fine: nothing said
+    line = summary_line({**counts, "no_model": {"en": 12, "pt": 1}}, 1.0)
+    assert line.endswith("| no NER model for en (12 articles), pt (1 article): "
+                         "get one with `warta models download en pt`")
