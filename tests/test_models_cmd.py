@@ -139,3 +139,47 @@ def test_run_summary_names_missing_languages_and_the_command():
     line = summary_line({**counts, "no_model": {"en": 12, "pt": 1}}, 1.0)
     assert line.endswith("| no NER model for en (12 articles), pt (1 article): "
                          "get one with `warta models download en pt`")
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_indonesian_model_and_a_missing_one_stops_the_run(tmp_path):
+    """A non-editable install (the wheel, built offline) finds the shipped model beside its code; with the
+    model files gone, a run stops at the start with exit 2 and one clear line."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from conftest import ROOT
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "data", "data-example", "build", "*.egg-info", "__pycache__", ".pytest_cache", "tests"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                   check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("warta-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"models/stanza/resources.json", "models/stanza/id/ner.pt", "models/stanza/id/ner_pretrain.pt",
+            "transforms/ner.py", "pipeline/models_cmd.py"} <= names
+    site = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "STANZA_RESOURCES_DIR": str(tmp_path / "none"),
+           "HOME": str(tmp_path)}
+    code = ("import transforms.ner as n; from config.settings import NerSettings; s = NerSettings(); n.check_ner(s); "
+            "print(n.REPO_MODELS); print(n.Tagger(s, {'id': n.model_paths('id', s)}).tag(["
+            "'Presiden Vladimir Putin tiba di Kursk.'], 'id')[0])")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    where, ents = res.stdout.strip().splitlines()[-2:]
+    assert where == str(site / "models" / "stanza") and "'Vladimir Putin', 'label': 'PER'" in ents
+
+    (site / "models" / "stanza" / "id" / "ner.pt").unlink()
+    res = subprocess.run([sys.executable, "-c", "from pipeline.cli import main; main(['run', '--output', 'lake'])"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        "warta: configuration error: the Indonesian NER model shipped with warta is missing")
+    assert not (tmp_path / "lake").exists()
