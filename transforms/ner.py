@@ -1,8 +1,9 @@
 """Stage 5 — named entities with Stanza, on batches of documents.
 
 Text is split into sentences and tokens by :mod:`transforms.segment` (so every entity carries exact
-character offsets into ``text``) and handed to Stanza pre-tokenised. One Stanza pipeline per language
-is built once per worker process, from local files only, with downloads disabled.
+character offsets into ``text``) and handed to Stanza pre-tokenised. One model per language is loaded
+once per worker process, from local files only (never the network), on ``ner.device``. Where each
+language's model comes from: :func:`model_source`; Stanza's entity types become PER/LOC/ORG (``LABELS``).
 """
 
 from __future__ import annotations
