@@ -68,25 +68,29 @@ def download(langs: list[str], base: Path, resources_url: str | None, model_url:
         print(f"warta: cannot download the Stanza model list from {hub}: {one_line(e)}", file=sys.stderr)
         return EXIT_FAILED
     resources = stanza_resources(base)
+    status = EXIT_OK  # every language is tried; the exit status is the worst outcome
     for lang in langs:
         found = stanza_package(resources, lang)
         if found is None:
-            shipped = " (warta ships its own Indonesian model: nothing to download)" if lang in SHIPPED else ""
-            print(f"warta: Stanza has no NER model for {lang!r}{shipped}", file=sys.stderr)
             if lang in SHIPPED:
+                print(f"{lang}: warta ships its own NER model for {lang}, nothing to download", file=sys.stderr)
                 continue
-            return EXIT_CONFIG
+            print(f"warta: Stanza has no NER model for {lang!r}; give warta one with ner.model_dir or "
+                  "ner.languages", file=sys.stderr)
+            status = max(status, EXIT_CONFIG)
+            continue
         try:
             stanza.download(lang, model_dir=str(base), processors="ner", model_url=model_url,
                             download_json=False, logging_level="INFO")
         except Exception as e:  # network, HTTP status, checksum: one line
             discard_corrupt(base, resources, *found)  # so that the pipeline never loads them
             print(f"warta: downloading the {lang} NER model failed: {one_line(e)}", file=sys.stderr)
-            return EXIT_FAILED
+            status = EXIT_FAILED
+            continue
         _, package, deps = found
         extra = "".join(f", {model} {dep}" for model, dep in deps)
         print(f"{lang}: NER {package}{extra} in {base}")
-    return EXIT_OK
+    return status
 
 
 def discard_corrupt(base: Path, resources: dict, lang: str, package: str, deps: list[tuple[str, str]]) -> None:

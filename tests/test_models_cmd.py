@@ -107,10 +107,12 @@ def test_a_corrupt_download_fails_and_is_not_used(tmp_path, capfd, broken):
 
 
 def test_language_without_a_stanza_ner_model(hub, tmp_path, capfd):
-    assert models(["download", "fr", "--dir", str(tmp_path), "--resources-url", hub.base]) == 2
-    assert "Stanza has no NER model for 'fr'" in capfd.readouterr().err
+    assert models(["download", "fr", "en", "--dir", str(tmp_path), "--resources-url", hub.base]) == 2
+    captured = capfd.readouterr()
+    assert "warta: Stanza has no NER model for 'fr'" in captured.err
+    assert f"en: NER fake, pretrain fakevec in {tmp_path}" in captured.out  # the others are still downloaded
     assert models(["download", "id", "--dir", str(tmp_path), "--resources-url", hub.base]) == 0
-    assert "warta ships its own Indonesian model" in capfd.readouterr().err
+    assert "id: warta ships its own NER model for id, nothing to download" in capfd.readouterr().err
 
 
 def test_alias_resolves_to_the_language_folder(downloaded):
