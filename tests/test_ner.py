@@ -76,6 +76,44 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return base
 
 
+@pytest.fixture(scope="session")
+def charlm_stanza_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A Stanza resources folder whose default English NER package, like Stanza's own, needs word vectors and
+    forward/backward character language models (tiny, random) and was trained with them."""
+    import shutil
+
+    import torch
+    from stanza.models.common.char_model import CharacterLanguageModel
+    from stanza.models.common.vocab import CharVocab
+
+    base = tmp_path_factory.mktemp("stanza_resources")
+    en = base / "en"
+    vocab = {"char": CharVocab([" ".join(t["text"] for t in s) for s in tiny_corpus(60, 3)], "en")}
+    args = {"char_emb_dim": 8, "char_hidden_dim": 16, "char_num_layers": 1, "char_dropout": 0.0,
+            "char_rec_dropout": 0.0, "char_unit_dropout": 0.0}
+    torch.manual_seed(0)
+    for direction in ("forward", "backward"):
+        CharacterLanguageModel(args, vocab, is_forward_lm=direction == "forward").save(
+            str(en / f"{direction}_charlm" / "tiny.pt"))
+    (en / "pretrain").mkdir()
+    shutil.copy(tiny_model_dir / "en" / "ner_pretrain.pt", en / "pretrain" / "tiny.pt")
+    subprocess.run([sys.executable, "-m", "stanza.models.ner_tagger", "--mode", "train", "--cpu",
+                    "--train_file", str(tiny_model_dir / "train.json"), "--eval_file", str(tiny_model_dir / "dev.json"),
+                    "--wordvec_pretrain_file", str(en / "pretrain" / "tiny.pt"), "--shorthand", "en_tiny",
+                    "--charlm", "--charlm_shorthand", "en_tiny",
+                    "--charlm_forward_file", str(en / "forward_charlm" / "tiny.pt"),
+                    "--charlm_backward_file", str(en / "backward_charlm" / "tiny.pt"),
+                    "--save_dir", str(en / "ner"), "--save_name", "tiny_charlm.pt", "--max_steps", "100",
+                    "--eval_interval", "50", "--batch_size", "8", "--hidden_dim", "32",
+                    "--char_hidden_dim", "16", "--char_emb_dim", "16", "--lr", "0.3"],
+                   check=True, capture_output=True, timeout=600)
+    deps = [{"model": m, "package": "tiny"} for m in ("pretrain", "forward_charlm", "backward_charlm")]
+    (base / "resources.json").write_text(json.dumps({"en": {
+        "lang_name": "English", "default_processors": {"ner": "tiny_charlm"},
+        "ner": {"tiny_charlm": {"md5": "-", "dependencies": deps}}}}))
+    return base
+
+
 def check_offsets(text: str, ents: list[dict]) -> None:
     for e in ents:
         assert text[e["start_char"]:e["end_char"]] == e["text"]
@@ -219,3 +257,22 @@ def test_missing_shipped_or_configured_model_fails_at_run_start(tmp_path, monkey
         check_ner(NerSettings())
     check_ner(NerSettings(enabled=False))
     check_ner(NerSettings(languages={"id": {"ner_model_path": str(REPO_MODELS / "id" / "ner.pt")}}))
+
+
+def test_stanza_package_with_charlms_tags_as_stanza_does(charlm_stanza_dir):
+    settings = NerSettings(stanza_dir=str(charlm_stanza_dir))
+    source, paths = ner.model_source("en", settings)
+    en = charlm_stanza_dir / "en"
+    assert (source, paths) == ("stanza", {
+        "ner_model_path": str(en / "ner" / "tiny_charlm.pt"), "ner_pretrain_path": str(en / "pretrain" / "tiny.pt"),
+        "ner_forward_charlm_path": str(en / "forward_charlm" / "tiny.pt"),
+        "ner_backward_charlm_path": str(en / "backward_charlm" / "tiny.pt")})
+    model = NerModel(paths, 1)
+    assert model.trainers[0].model.args["charlm"]  # the character language models are in use
+    sents = [[t["text"] for t in s] for s in tiny_corpus(12, 4)]
+    expected = [[t.ner for t in s.tokens] for s in build_pipeline("en", paths, 1)(sents).sentences]
+    assert ner_tags(model, sents) == expected
+    text = "Alice Smith visited Paris with Acme Corp. Later, Bob Jones joined Globex Inc in London."
+    ents = Tagger(settings, {"en": paths}).tag([text], "en")[0]
+    check_offsets(text, ents)
+    assert {e["label"] for e in ents} <= {"PER", "LOC", "ORG"}
