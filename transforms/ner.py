@@ -102,10 +102,12 @@ def model_source(lang: str, settings: NerSettings) -> tuple[str, dict[str, str]]
     if lang in settings.languages:
         return "config", dict(settings.languages[lang])
     if settings.model_dir:
-        model, pretrain = Path(settings.model_dir) / lang / "ner.pt", Path(settings.model_dir) / lang / "ner_pretrain.pt"
-        if model.exists():
-            return "model_dir", {"ner_model_path": str(model), **({"ner_pretrain_path": str(pretrain)}
-                                                                  if pretrain.exists() else {})}
+        folder = Path(settings.model_dir) / lang
+        if (folder / "ner.pt").exists():
+            paths = {"ner_model_path": str(folder / "ner.pt")}
+            if (folder / "ner_pretrain.pt").exists():
+                paths["ner_pretrain_path"] = str(folder / "ner_pretrain.pt")
+            return "model_dir", paths
     if lang in SHIPPED:
         return "warta", dict(SHIPPED[lang])
     paths = stanza_paths(lang, stanza_dir(settings))
