@@ -68,10 +68,13 @@ class HttpSettings(Strict):
 class NerSettings(Strict):
     enabled: bool = True
     model_dir: str | None = None  # directory holding <lang>/ner.pt and <lang>/ner_pretrain.pt (other languages)
+    stanza_dir: str | None = None  # Stanza resources folder; None = Stanza's default ($STANZA_RESOURCES_DIR, ...)
     languages: dict[str, dict[str, str]] = {}  # explicit per-language paths: {en: {ner_model_path:..., ...}}
     batch_size: int = 32  # documents per NER batch
     parallelism: int = 8  # shuffle groups for tagging, on runners that batch through a shuffle (Dask)
     threads: int | None = None  # torch threads per worker; None = torch default
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU
+    gpu_batch_size: int = Field(128, ge=1, description="documents per NER batch when tagging on CUDA")
 
 
 class DedupSettings(Strict):

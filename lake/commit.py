@@ -65,7 +65,7 @@ def summarize_staged(store: Store, run_id: str) -> dict[str, Any]:
     c = dict.fromkeys(("feeds_polled", "feeds_unchanged", "feeds_failed", "entries_new", "pages_fetched",
                        "pages_extracted", "duplicates_exact", "duplicates_near", "entities", "articles_written",
                        "errors_written", "entries_pending"), 0)
-    languages: set[str] = set()
+    languages: dict[str, int] = {}  # articles per language
     feeds = json.loads(store.read_bytes(f"{stage}/feeds.json")) if store.exists(f"{stage}/feeds.json") else []
     c["feeds_polled"] = len(feeds)
     c["feeds_unchanged"] = sum(f["status"] == "unchanged" for f in feeds)
@@ -76,7 +76,8 @@ def summarize_staged(store: Store, run_id: str) -> dict[str, Any]:
     for rel in staged_files(store, run_id):
         if rel.startswith("articles/") and rel.endswith(".parquet"):
             t = store.read_table(f"{stage}/{rel}").select(["entities", "duplicate_of", "language"])
-            languages |= {str(v) for v in t.column("language").to_pylist()}
+            for lang in t.column("language").to_pylist():
+                languages[str(lang)] = languages.get(str(lang), 0) + 1
             c["articles_written"] += t.num_rows
             c["entities"] += sum(len(e or ()) for e in t.column("entities").to_pylist())
             c["duplicates_near"] += t.num_rows - t.column("duplicate_of").null_count
@@ -89,7 +90,7 @@ def summarize_staged(store: Store, run_id: str) -> dict[str, Any]:
         c["duplicates_exact"] = kinds.count("duplicate")
         c["pages_extracted"] = kinds.count("article") + kinds.count("duplicate")
     c["pages_fetched"] += c["pages_extracted"]
-    return {**c, "languages": sorted(languages)}
+    return {**c, "languages": dict(sorted(languages.items()))}
 
 
 def commit(store: Store, run_id: str, summary: dict[str, Any], window_days: int,

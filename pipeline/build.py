@@ -15,7 +15,7 @@ from transforms.dedup import Deduplicate
 from transforms.extract import ExtractArticles
 from transforms.feeds import PollFeeds
 from transforms.fetch import FetchPages
-from transforms.ner import PreloadModels, TagEntities, model_paths
+from transforms.ner import PreloadModels, TagEntities, known_languages, model_paths
 from transforms.records import RecordFailures
 from lake.failures import Failures, load_failures
 from lake.state import IndexSnapshot, load_index
@@ -76,13 +76,7 @@ class Plan:
         return tuple(sorted({f.language for f in self.feeds if f.language})) if self.settings.ner.enabled else ()
 
     def ner_paths(self) -> dict[str, dict[str, str] | None]:
-        langs = {"id", *self.settings.ner.languages}
-        langs |= {f.language for f in self.feeds if f.language}
-        if self.settings.ner.model_dir:
-            from pathlib import Path
-            base = Path(self.settings.ner.model_dir)
-            if base.is_dir():
-                langs |= {p.name for p in base.iterdir() if (p / "ner.pt").exists()}
+        langs = known_languages(self.settings.ner) | {f.language for f in self.feeds if f.language}
         # detected languages without a model get None at tagging time
         return {lang: model_paths(lang, self.settings.ner) for lang in sorted(langs)}
 

@@ -28,6 +28,7 @@ from lake.commit import (LockedError, RunLock, commit, new_run_id, read_backlog,
                          summarize_staged)
 from pipeline.worker import DirectFnRunner  # noqa: E402
 from pipeline.options import UsageError, split_args, usable_cpus  # noqa: E402
+from transforms.ner import check_ner  # noqa: E402
 from lake.state import FEEDS_FILE  # noqa: E402
 from lake.store import Store  # noqa: E402
 
@@ -94,8 +95,9 @@ def summary_line(c: dict[str, Any], seconds: float) -> str:
             f"extracted={c['pages_extracted']} | duplicates exact={c['duplicates_exact']} near={c['duplicates_near']} "
             f"| entities={c['entities']} | rows written={c['articles_written']} "
             f"| errors={c['errors_written']} | {seconds:.1f}s")
-    if c.get("no_model"):
-        line += f" | no NER model for: {', '.join(c['no_model'])}"
+    if c.get("no_model"):  # {language: articles}
+        missing = ", ".join(f"{lang} ({n} article{'s' * (n != 1)})" for lang, n in c["no_model"].items())
+        line += f" | no NER model for {missing}: get one with `warta models download {' '.join(c['no_model'])}`"
     return line
 
 
@@ -129,7 +131,8 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
                 result.client.close()
         stats = {"run_id": run_id, **summarize_staged(store, run_id), "entries_backlog": len(backlog)}
         paths = plan.ner_paths()
-        stats["no_model"] = [lang for lang in stats.pop("languages") if not paths.get(lang)] if settings.ner.enabled else []
+        stats["no_model"] = {lang: n for lang, n in stats.pop("languages").items()
+                             if lang != "None" and not paths.get(lang)} if settings.ner.enabled else {}
         stats["seconds"] = round(time.monotonic() - t0, 2)
         manifest = commit(store, run_id, stats, settings.dedup.window_days, backlog_taken=taken, fence=lock.check)
         compact_after_run(store, settings.lake, manifest["files"], fence=lock.check)
@@ -168,6 +171,7 @@ def run(argv: list[str] | None = None) -> int:
                     ns.output = "./data-example"
             settings = load_settings(ns.config, overrides)
             feeds = load_feeds(ns.feeds)
+            check_ner(settings.ner, ns.runner)
         except ConfigError as e:
             print(f"warta: configuration error: {e}", file=sys.stderr)
             return EXIT_CONFIG
@@ -239,6 +243,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stats": ("pipeline.report:stats", "print the lake's key numbers as a plain table (for terminals and cron mail)"),
     "errors": ("pipeline.errors:errors", "list remembered failures, or `retry` them on the next run"),
     "compact": ("pipeline.compact:compact_command", "rewrite each partition's small files into large sorted ones; retention"),
+    "models": ("pipeline.models_cmd:models", "download Stanza NER models (`models download en`), list those found"),
 }
 
 

@@ -14,9 +14,12 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from config.settings import NerSettings
+import transforms.ner as ner
+from config.settings import ConfigError, NerSettings
 from conftest import FIXTURES, ROOT, seed_article
-from transforms.ner import REPO_MODELS, NerModel, TagEntities, Tagger, build_pipeline, model_paths, ner_tags
+from pipeline.cli import run
+from transforms.ner import (REPO_MODELS, NerModel, TagEntities, Tagger, build_pipeline, check_ner,
+                            documents_per_batch, model_paths, ner_tags, to_label)
 from transforms.segment import sentences
 
 PEOPLE = ["Alice Smith", "Bob Jones", "Carol White", "David Brown", "Emma Green", "Frank Black"]
@@ -70,6 +73,44 @@ def tiny_model_dir(tmp_path_factory) -> Path:
                     "--char_hidden_dim", "16", "--char_emb_dim", "16", "--lr", "0.3"],
                    check=True, capture_output=True, timeout=600)
     assert (lang / "ner.pt").exists()
+    return base
+
+
+@pytest.fixture(scope="session")
+def charlm_stanza_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A Stanza resources folder whose default English NER package, like Stanza's own, needs word vectors and
+    forward/backward character language models (tiny, random) and was trained with them."""
+    import shutil
+
+    import torch
+    from stanza.models.common.char_model import CharacterLanguageModel
+    from stanza.models.common.vocab import CharVocab
+
+    base = tmp_path_factory.mktemp("stanza_resources")
+    en = base / "en"
+    vocab = {"char": CharVocab([" ".join(t["text"] for t in s) for s in tiny_corpus(60, 3)], "en")}
+    args = {"char_emb_dim": 8, "char_hidden_dim": 16, "char_num_layers": 1, "char_dropout": 0.0,
+            "char_rec_dropout": 0.0, "char_unit_dropout": 0.0}
+    torch.manual_seed(0)
+    for direction in ("forward", "backward"):
+        CharacterLanguageModel(args, vocab, is_forward_lm=direction == "forward").save(
+            str(en / f"{direction}_charlm" / "tiny.pt"))
+    (en / "pretrain").mkdir()
+    shutil.copy(tiny_model_dir / "en" / "ner_pretrain.pt", en / "pretrain" / "tiny.pt")
+    subprocess.run([sys.executable, "-m", "stanza.models.ner_tagger", "--mode", "train", "--cpu",
+                    "--train_file", str(tiny_model_dir / "train.json"), "--eval_file", str(tiny_model_dir / "dev.json"),
+                    "--wordvec_pretrain_file", str(en / "pretrain" / "tiny.pt"), "--shorthand", "en_tiny",
+                    "--charlm", "--charlm_shorthand", "en_tiny",
+                    "--charlm_forward_file", str(en / "forward_charlm" / "tiny.pt"),
+                    "--charlm_backward_file", str(en / "backward_charlm" / "tiny.pt"),
+                    "--save_dir", str(en / "ner"), "--save_name", "tiny_charlm.pt", "--max_steps", "100",
+                    "--eval_interval", "50", "--batch_size", "8", "--hidden_dim", "32",
+                    "--char_hidden_dim", "16", "--char_emb_dim", "16", "--lr", "0.3"],
+                   check=True, capture_output=True, timeout=600)
+    deps = [{"model": m, "package": "tiny"} for m in ("pretrain", "forward_charlm", "backward_charlm")]
+    (base / "resources.json").write_text(json.dumps({"en": {
+        "lang_name": "English", "default_processors": {"ner": "tiny_charlm"},
+        "ner": {"tiny_charlm": {"md5": "-", "dependencies": deps}}}}))
     return base
 
 
@@ -155,3 +196,83 @@ def test_lean_tagging_equals_the_stanza_pipeline():
     expected = [[t.ner for t in s.tokens] for s in build_pipeline("id", paths, 1)(sents).sentences]
     assert ner_tags(NerModel(paths, 1), sents) == expected
     assert any(t != "O" for s in expected for t in s)
+
+
+@pytest.mark.parametrize("stanza_type, label", [
+    ("PERSON", "PER"), ("PER", "PER"), ("GPE", "LOC"), ("LOC", "LOC"), ("FAC", "LOC"), ("ORG", "ORG"),
+    ("persName", "PER"), ("placeName", "LOC"), ("orgName", "ORG"),
+    ("MISC", None), ("NORP", None), ("DATE", None), ("MONEY", None), ("WORK_OF_ART", None)])
+def test_stanza_types_map_to_per_loc_org_or_are_dropped(stanza_type, label):
+    assert to_label(stanza_type) == label
+
+
+def test_other_entity_types_are_dropped_with_offsets_kept(monkeypatch):
+    text = "Obama visited Paris on Monday with Google staff."
+    tags = ["S-PERSON", "O", "S-GPE", "O", "S-DATE", "O", "S-ORG", "O", "O"]
+    monkeypatch.setattr(ner, "ner_tags", lambda model, sents: [tags])
+    tagger = Tagger(NerSettings(), {"en": {"ner_model_path": "unused"}})
+    tagger._models["en"] = object()
+    ents = tagger.tag([text], "en")[0]
+    assert [(e["text"], e["label"]) for e in ents] == [("Obama", "PER"), ("Paris", "LOC"), ("Google", "ORG")]
+    check_offsets(text, ents)
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_device_cpu_and_auto_tag_on_cpu(device):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: auto would choose it")
+    paths = model_paths("id", NerSettings())
+    model = NerModel(paths, 1, device=device)
+    assert model.device == "cpu" and model.configs[0]["batch_size"] == 32
+    assert next(model.trainers[0].model.parameters()).device.type == "cpu"
+    sents = [["Presiden", "Vladimir", "Putin", "tiba", "di", "Kursk", "."]]
+    assert ner_tags(model, sents) == ner_tags(NerModel(paths, 1), sents)
+    assert documents_per_batch(NerSettings(device=device, batch_size=7, gpu_batch_size=99)) == 7
+
+
+def test_cuda_without_a_gpu_is_a_config_error(tmp_path, capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    settings = NerSettings(device="cuda")
+    with pytest.raises(ConfigError, match="ner.device is cuda, but torch .* sees no CUDA GPU"):
+        check_ner(settings)
+    check_ner(settings, "DataflowRunner")  # remote workers may have GPUs: checked where they load the model
+    assert documents_per_batch(NerSettings(device="cuda", gpu_batch_size=99)) == 99
+    cfg = tmp_path / "settings.yaml"
+    cfg.write_text("ner:\n  device: cuda\n")
+    assert run(["--config", str(cfg), "--output", str(tmp_path / "lake")]) == 2
+    assert "sees no CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "lake").exists()
+
+
+def test_missing_shipped_or_configured_model_fails_at_run_start(tmp_path, monkeypatch):
+    check_ner(NerSettings())  # the shipped model is here
+    with pytest.raises(ConfigError, match="ner.languages.en.ner_model_path: no such file"):
+        check_ner(NerSettings(languages={"en": {"ner_model_path": str(tmp_path / "none.pt")}}))
+    monkeypatch.setitem(ner.SHIPPED, "id", {"ner_model_path": str(tmp_path / "ner.pt"),
+                                            "ner_pretrain_path": str(tmp_path / "ner_pretrain.pt")})
+    with pytest.raises(ConfigError, match="Indonesian NER model shipped with warta is missing"):
+        check_ner(NerSettings())
+    check_ner(NerSettings(enabled=False))
+    check_ner(NerSettings(languages={"id": {"ner_model_path": str(REPO_MODELS / "id" / "ner.pt")}}))
+
+
+def test_stanza_package_with_charlms_tags_as_stanza_does(charlm_stanza_dir):
+    settings = NerSettings(stanza_dir=str(charlm_stanza_dir))
+    source, paths = ner.model_source("en", settings)
+    en = charlm_stanza_dir / "en"
+    assert (source, paths) == ("stanza", {
+        "ner_model_path": str(en / "ner" / "tiny_charlm.pt"), "ner_pretrain_path": str(en / "pretrain" / "tiny.pt"),
+        "ner_forward_charlm_path": str(en / "forward_charlm" / "tiny.pt"),
+        "ner_backward_charlm_path": str(en / "backward_charlm" / "tiny.pt")})
+    model = NerModel(paths, 1)
+    assert model.trainers[0].model.args["charlm"]  # the character language models are in use
+    sents = [[t["text"] for t in s] for s in tiny_corpus(12, 4)]
+    expected = [[t.ner for t in s.tokens] for s in build_pipeline("en", paths, 1)(sents).sentences]
+    assert ner_tags(model, sents) == expected
+    text = "Alice Smith visited Paris with Acme Corp. Later, Bob Jones joined Globex Inc in London."
+    ents = Tagger(settings, {"en": paths}).tag([text], "en")[0]
+    check_offsets(text, ents)
+    assert {e["label"] for e in ents} <= {"PER", "LOC", "ORG"}

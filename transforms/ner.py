@@ -1,23 +1,26 @@
 """Stage 5 — named entities with Stanza, on batches of documents.
 
 Text is split into sentences and tokens by :mod:`transforms.segment` (so every entity carries exact
-character offsets into ``text``) and handed to Stanza pre-tokenised. One Stanza pipeline per language
-is built once per worker process, from local files only, with downloads disabled.
+character offsets into ``text``) and handed to Stanza pre-tokenised. One model per language is loaded
+once per worker process, from local files only (never the network), on ``ner.device``. Where each
+language's model comes from: :func:`model_source`; Stanza's entity types become PER/LOC/ORG (``LABELS``).
 """
 
 from __future__ import annotations
 
 import gc
-import logging
-import threading
 import json
+import logging
+import os
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 
-from config.settings import NerSettings
+from config.settings import ConfigError, NerSettings
 from transforms.outputs import batches, split
 from transforms.records import error_from
 from transforms.segment import sentences
@@ -25,22 +28,141 @@ from transforms.segment import sentences
 log = logging.getLogger(__name__)
 ERRORS = "errors"
 REPO_MODELS = Path(__file__).resolve().parents[1] / "models" / "stanza"
-LABELS = {"PERSON": "PER", "PER": "PER", "ORGANIZATION": "ORG", "ORGANISATION": "ORG", "ORG": "ORG",
-          "GPE": "LOC", "LOCATION": "LOC", "PLACE": "LOC", "LOC": "LOC"}
+SHIPPED = {"id": {"ner_model_path": str(REPO_MODELS / "id" / "ner.pt"),
+                  "ner_pretrain_path": str(REPO_MODELS / "id" / "ner_pretrain.pt")}}
+# Entity types of Stanza's NER models -> the lake's PER/LOC/ORG (README, "NER models"); others are dropped.
+LABELS = {"PER": "PER", "PERSON": "PER", "PERSNAME": "PER",
+          "LOC": "LOC", "GPE": "LOC", "FAC": "LOC", "LOCATION": "LOC", "PLACE": "LOC", "PLACENAME": "LOC",
+          "GEOGNAME": "LOC",
+          "ORG": "ORG", "ORGANIZATION": "ORG", "ORGANISATION": "ORG", "ORGNAME": "ORG"}
+# A Stanza NER package's dependencies (resources.json) -> the path arguments NerModel takes
+DEPENDENCY_PATHS = {"pretrain": "ner_pretrain_path", "forward_charlm": "ner_forward_charlm_path",
+                    "backward_charlm": "ner_backward_charlm_path"}
+SENTENCES_PER_PASS = {"cpu": 32, "cuda": 256}  # sentences per Stanza forward pass, by device
+
+
+def stanza_dir(settings: NerSettings) -> Path:
+    """``ner.stanza_dir``, else Stanza's own default: ``$STANZA_RESOURCES_DIR``, else its cache folder
+    (``~/.cache/stanza/<version>/resources`` on Linux). Worked out without importing Stanza (and torch)."""
+    if settings.stanza_dir:
+        return Path(settings.stanza_dir).expanduser()
+    if os.environ.get("STANZA_RESOURCES_DIR"):
+        return Path(os.environ["STANZA_RESOURCES_DIR"]).expanduser()
+    from importlib.metadata import version
+    from platformdirs import user_cache_dir
+    return Path(user_cache_dir("stanza", "StanfordNLP", version("stanza"))) / "resources"
+
+
+def stanza_resources(base: Path) -> dict[str, Any]:
+    """The ``resources.json`` of a Stanza resources folder; {} when there is none."""
+    try:
+        data = json.loads((base / "resources.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def stanza_package(resources: dict[str, Any], lang: str) -> tuple[str, str, list[tuple[str, str]]] | None:
+    """(language, package, [(dependency model, package)]) of ``lang``'s default NER in a Stanza
+    ``resources.json``, following aliases; None when Stanza lists no NER model for it."""
+    seen = set()
+    entry = resources.get(lang)
+    while isinstance(entry, dict) and "alias" in entry and lang not in seen:
+        seen.add(lang)
+        lang = entry["alias"]
+        entry = resources.get(lang)
+    if not isinstance(entry, dict):
+        return None
+    package = (entry.get("default_processors") or {}).get("ner") or \
+        ((entry.get("packages") or {}).get("default") or {}).get("ner")
+    if isinstance(package, list):  # several default NER models: warta uses the first
+        package = package[0] if package else None
+    if not package or package not in (entry.get("ner") or {}):
+        return None
+    deps = [(d["model"], d["package"]) for d in entry["ner"][package].get("dependencies") or []]
+    return lang, package, deps
+
+
+def stanza_paths(lang: str, base: Path, resources: dict[str, Any] | None = None) -> dict[str, str] | None:
+    """NerModel paths of ``lang``'s default NER package in the Stanza folder ``base``, when downloaded."""
+    found = stanza_package(stanza_resources(base) if resources is None else resources, lang)
+    if found is None:
+        return None
+    lang, package, deps = found
+    paths = {"ner_model_path": str(base / lang / "ner" / f"{package}.pt")}
+    for model, dep in deps:
+        if model in DEPENDENCY_PATHS:
+            paths[DEPENDENCY_PATHS[model]] = str(base / lang / model / f"{dep}.pt")
+    return paths if all(Path(p).exists() for p in paths.values()) else None
+
+
+def model_source(lang: str, settings: NerSettings) -> tuple[str, dict[str, str]] | None:
+    """(where from, Stanza model paths) of ``lang``'s NER model, first found of: ``ner.languages``,
+    ``ner.model_dir/<lang>/``, the model shipped with warta, the Stanza resources folder."""
+    if lang in settings.languages:
+        return "config", dict(settings.languages[lang])
+    if settings.model_dir:
+        folder = Path(settings.model_dir) / lang
+        if (folder / "ner.pt").exists():
+            paths = {"ner_model_path": str(folder / "ner.pt")}
+            if (folder / "ner_pretrain.pt").exists():
+                paths["ner_pretrain_path"] = str(folder / "ner_pretrain.pt")
+            return "model_dir", paths
+    if lang in SHIPPED:
+        return "warta", dict(SHIPPED[lang])
+    paths = stanza_paths(lang, stanza_dir(settings))
+    return ("stanza", paths) if paths else None
 
 
 def model_paths(lang: str, settings: NerSettings) -> dict[str, str] | None:
-    """Where the NER model of ``lang`` lives: explicit config, then ``model_dir/<lang>/``, then the repo."""
-    if lang in settings.languages:
-        return dict(settings.languages[lang])
-    for base in ([Path(settings.model_dir)] if settings.model_dir else []) + [REPO_MODELS]:
-        model, pretrain = base / lang / "ner.pt", base / lang / "ner_pretrain.pt"
-        if model.exists():
-            paths = {"ner_model_path": str(model)}
-            if pretrain.exists():
-                paths["ner_pretrain_path"] = str(pretrain)
-            return paths
-    return None
+    found = model_source(lang, settings)
+    return found[1] if found else None
+
+
+def known_languages(settings: NerSettings) -> set[str]:
+    """Languages with a NER model: shipped, configured, in ``ner.model_dir`` or downloaded into the Stanza folder."""
+    langs = {*SHIPPED, *settings.languages}
+    if settings.model_dir and Path(settings.model_dir).is_dir():
+        langs |= {p.name for p in Path(settings.model_dir).iterdir() if (p / "ner.pt").exists()}
+    base = stanza_dir(settings)
+    resources = stanza_resources(base)
+    if resources:
+        langs |= {p.name for p in base.iterdir() if p.is_dir() and stanza_paths(p.name, base, resources)}
+    return langs
+
+
+def resolve_device(setting: str) -> str:
+    """``cpu`` or ``cuda`` for ``ner.device``; ``cuda`` where torch sees no GPU is a ConfigError."""
+    if setting == "cpu":
+        return "cpu"
+    if setting == "auto" and sys.platform == "linux" and not Path("/proc/driver/nvidia").exists():
+        return "cpu"  # no NVIDIA driver, so no CUDA: answered without importing torch (2 s)
+    import torch
+    if torch.cuda.is_available():
+        return "cuda"
+    if setting == "cuda":
+        raise ConfigError(f"ner.device is cuda, but torch {torch.__version__} sees no CUDA GPU "
+                          "(use ner.device: auto or cpu)")
+    return "cpu"
+
+
+def check_ner(settings: NerSettings, runner: str | None = None) -> None:
+    """Run-start checks, each a one-line ConfigError: the configured and shipped model files exist, and
+    ``ner.device`` is usable (checked here only on the DirectRunner, whose workers are this machine)."""
+    if not settings.enabled:
+        return
+    for lang, paths in settings.languages.items():
+        for key, path in paths.items():
+            if not Path(path).exists():
+                raise ConfigError(f"ner.languages.{lang}.{key}: no such file {path}")
+    if model_source("id", settings)[0] == "warta":
+        for path in SHIPPED["id"].values():
+            if not Path(path).exists():
+                raise ConfigError(f"the Indonesian NER model shipped with warta is missing ({path}): reinstall "
+                                  "warta (its wheel carries models/stanza/id/), set ner.languages.id, "
+                                  "or run with --no-ner")
+    if (runner or "direct").lower() in ("direct", "directrunner"):
+        resolve_device(settings.device)
 
 
 def build_pipeline(lang: str, paths: dict[str, str], threads: int | None = None):
@@ -65,13 +187,15 @@ class NerModel:
     every worker process, every run). ``tests/test_ner.py`` checks the tags equal ``stanza.Pipeline``'s.
     """
 
-    def __init__(self, paths: dict[str, str], threads: int | None = None, batch_size: int = 32):
+    def __init__(self, paths: dict[str, str], threads: int | None = None, batch_size: int | None = None,
+                 device: str = "cpu"):
         import torch
         from stanza.models.common.pretrain import Pretrain
         from stanza.models.ner.trainer import Trainer
 
         if threads:
             torch.set_num_threads(threads)
+        self.device = resolve_device(device)
         pretrain = Pretrain(paths["ner_pretrain_path"]) if paths.get("ner_pretrain_path") else None
         charlms = {"charlm_forward_file": paths.get("ner_forward_charlm_path"),
                    "charlm_backward_file": paths.get("ner_backward_charlm_path")}
@@ -79,9 +203,10 @@ class NerModel:
         trainer.load(paths["ner_model_path"], pretrain, charlms)
         if trainer.args.get("predict_tagset") is None:
             trainer.args["predict_tagset"] = 0
+        trainer.model.to(self.device)  # Stanza's predict runs where the model's parameters are
         trainer.model.eval()
         self.trainers = [trainer]
-        self.configs = [{**trainer.args, "batch_size": batch_size}]
+        self.configs = [{**trainer.args, "batch_size": batch_size or SENTENCES_PER_PASS[self.device]}]
 
 
 class _TokenTexts:
@@ -116,8 +241,9 @@ def ner_tags(model: NerModel, sents: list[list[str]]) -> list[list[str]]:
     return out
 
 
-def to_label(label: str) -> str:
-    return LABELS.get(label.upper(), label.upper())
+def to_label(label: str) -> str | None:
+    """PER, LOC or ORG for a Stanza entity type; None for the types the lake does not keep (MISC, DATE, …)."""
+    return LABELS.get(label.upper())
 
 
 class Tagger:
@@ -145,7 +271,7 @@ class Tagger:
             return None
         with self._lock:
             if lang not in self._models:
-                self._models[lang] = NerModel(self.paths[lang], self.settings.threads)
+                self._models[lang] = NerModel(self.paths[lang], self.settings.threads, device=self.settings.device)
                 # The models (and torch, stanza) live as long as the process: keep the cyclic garbage
                 # collector from walking them again and again while tagging, and at exit (about 1 s).
                 gc.freeze()
@@ -170,9 +296,11 @@ class Tagger:
         for j, sent_tags in enumerate(tags):
             spans, text = sents[j], texts[owners[j]]
             for ent in decode_from_bioes(sent_tags):
+                label = to_label(ent["type"])
+                if label is None:
+                    continue
                 start, end = spans[ent["start"]][0], spans[ent["end"]][1]
-                out[owners[j]].append({"text": text[start:end], "label": to_label(ent["type"]),
-                                       "start_char": start, "end_char": end})
+                out[owners[j]].append({"text": text[start:end], "label": label, "start_char": start, "end_char": end})
         return out
 
 
@@ -251,6 +379,14 @@ class PreloadModels(beam.PTransform):
         return pcoll | "Preload" >> beam.ParDo(_PreloadFn(self.settings, self.paths, tuple(self.langs)))
 
 
+def documents_per_batch(settings: NerSettings) -> int:
+    """``ner.gpu_batch_size`` when tagging on CUDA, else ``ner.batch_size``. Decided where the graph is
+    built: with ``auto``, set ``cuda`` explicitly when the workers have GPUs and this machine has none."""
+    if settings.device == "cuda" or settings.device == "auto" and resolve_device("auto") == "cuda":
+        return settings.gpu_batch_size
+    return settings.batch_size
+
+
 @dataclass(eq=False)
 class TagEntities(beam.PTransform):
     """Articles in; articles with ``entities`` out (main) and ``errors``. Batches documents for Stanza.
@@ -269,7 +405,7 @@ class TagEntities(beam.PTransform):
         super().__init__()
 
     def expand(self, articles):
-        size = max(1, self.settings.batch_size)
+        size = max(1, documents_per_batch(self.settings))
         if self.batching == "shuffle":
             batched = batches(articles, lambda a: a["article_id"], self.settings.parallelism, size)
         else:
