@@ -5,7 +5,7 @@ A run's pipeline writes only into ``_state/pending/<run_id>/`` (see :mod:`transf
 1. ``COMMIT`` marker written (one atomic PUT listing the staged files) — the commit point;
 2. staged data files copied to ``articles/…`` and ``errors/…`` under deterministic names
    (each copy atomic for readers: PUT on object stores, temp file + rename locally);
-3. state advanced: index part, feed validators, run manifest ``_state/runs/<run_id>.json``;
+3. state advanced: index part, feed validators, backfill progress, run manifest ``_state/runs/<run_id>.json``;
 4. the staging folder removed.
 
 A run killed before 1 leaves only staging, which the next run deletes: nothing was visible, no state
@@ -187,6 +187,9 @@ def publish(store: Store, run_id: str, manifest: dict[str, Any], window_days: in
         store.copy(f"{stage}/index.parquet", f"{INDEX_DIR}/part-{run_id}.parquet")
     if store.exists(f"{stage}/feeds.json"):
         merge_feed_state(store, json.loads(store.read_bytes(f"{stage}/feeds.json")), run_id)
+    for rel in manifest["files"]:  # backfill progress (discovery state, pending URLs), per source
+        if rel.startswith("backfill/") and store.exists(f"{stage}/{rel}"):
+            store.copy(f"{stage}/{rel}", f"_state/{rel}")
     store.write_json(f"{RUNS}/{run_id}.json", manifest)
     store.remove(stage, recursive=True)
     compact_index(store, run_id, window_days)

@@ -69,26 +69,40 @@ class Plan:
 
 
 def build(p: beam.Pipeline, plan: Plan) -> None:
+    """The poll: feeds -> new entries -> :func:`process_entries`."""
     s = plan.settings
-    paths = plan.ner_paths()
     polled = (
         p
         | "ListFeeds" >> beam.Create(plan.feeds)
-        | "PreloadModels" >> PreloadModels(s.ner, paths, plan.preload)
+        | "PreloadModels" >> PreloadModels(s.ner, plan.ner_paths(), plan.preload)
         | "PollFeeds" >> PollFeeds(s.http, plan.validators, s.max_items_per_feed,
                                   partial(load_seen, plan.store, s.dedup.window_days, plan.run_id))
     )
-    pages = polled.entries | "FetchPages" >> FetchPages(s.http, groups=plan.workers)
+    return process_entries(polled.entries, plan, errors=[polled.errors], feed_state=polled.feed_state)
+
+
+def process_entries(entries, plan: Plan, errors=(), feed_state=None):
+    """Entries (feed items, backfill URLs) -> fetched pages -> :func:`process_pages`."""
+    pages = entries | "FetchPages" >> FetchPages(plan.settings.http, groups=plan.workers)
+    return process_pages(pages.pages, plan, errors=[*errors, pages.errors], feed_state=feed_state)
+
+
+def process_pages(pages, plan: Plan, errors=(), feed_state=None):
+    """Pages (fetched, or read from WARC files) -> extract -> NER -> dedup -> staged writes.
+
+    ``errors``: error PCollections of the stages before; ``feed_state``: feed states to stage, if any."""
+    s = plan.settings
+    paths = plan.ner_paths()
     # Fetch -> Extract -> Tag run fused in each worker, with no shuffle between them: tagging starts
     # with the first pages while the rest are still arriving. Deduplication needs every article of the
     # run in one place, so it comes after (exact duplicates are rare by then: URLs are deduplicated above).
-    extracted = pages.pages | "ExtractArticles" >> ExtractArticles(s.min_text_chars)
+    extracted = pages | "ExtractArticles" >> ExtractArticles(s.min_text_chars)
     tagged = extracted.articles | "TagEntities" >> TagEntities(s.ner, paths, plan.ner_batching, plan.preload)
     deduped = tagged.articles | "Deduplicate" >> Deduplicate(
         s.dedup, partial(load_snapshot, plan.store, s.dedup.window_days, plan.run_id))
 
     written = [deduped.articles | "WriteArticles" >> WriteDataset(plan.store, plan.run_id, "articles")]
-    errors = (polled.errors, pages.errors, extracted.errors, tagged.errors) | "AllErrors" >> beam.Flatten()
+    errors = (*errors, extracted.errors, tagged.errors) | "AllErrors" >> beam.Flatten()
     written.append(errors | "WriteErrors" >> WriteDataset(plan.store, plan.run_id, "errors"))
     remembered = (
         errors
@@ -97,7 +111,8 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     )
     written.append((deduped.index, remembered) | "AllIndexRows" >> beam.Flatten() | "WriteIndex" >> WriteState(
         plan.store, plan.run_id, "index"))
-    written.append(polled.feed_state | "WriteFeedState" >> WriteState(plan.store, plan.run_id, "feeds"))
+    if feed_state is not None:
+        written.append(feed_state | "WriteFeedState" >> WriteState(plan.store, plan.run_id, "feeds"))
     if plan.join_sinks:
         # One last step that depends on every sink: runners that execute only the final transform's
         # graph (Beam's DaskRunner does) still run all branches.

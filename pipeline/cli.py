@@ -96,14 +96,18 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
     return stats
 
 
-def run(argv: list[str] | None = None) -> int:
-    ns, beam_args, overrides = split_args(argv)
-    logging.basicConfig(level=getattr(logging, ns.log_level), stream=sys.stderr,
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for noisy in ("apache_beam", "stanza", "distributed", "torch"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, ns.log_level)))
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
     for chatty in ("trafilatura", "htmldate", "courlan", "urllib3"):  # per-page notices; failures reach errors/ anyway
-        logging.getLogger(chatty).setLevel(max(logging.ERROR, getattr(logging, ns.log_level)))
+        logging.getLogger(chatty).setLevel(max(logging.ERROR, getattr(logging, level)))
+
+
+def run(argv: list[str] | None = None) -> int:
+    ns, beam_args, overrides = split_args(argv)
+    configure_logging(ns.log_level)
     with ExitStack() as stack:
         try:
             if ns.example:
@@ -178,6 +182,8 @@ def run_every(interval: float, feeds, settings: Settings, output: str, beam_args
 # Imported only when chosen, so `warta run` never pays for another command's imports.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.cli:run", "poll the feeds once (or --every INTERVAL) and commit to the lake"),
+    "backfill": ("pipeline.backfill:backfill", "add the feeds' sites' older articles (paged feeds, sitemaps) since a date"),
+    "archive": ("pipeline.backfill:archive", "add the articles of WARC files (e.g. CC-NEWS) without fetching"),
 }
 
 

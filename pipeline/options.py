@@ -58,6 +58,13 @@ def parser() -> argparse.ArgumentParser:
                     help="keep polling at this interval (e.g. 90s, 15m, 1h) until SIGINT/SIGTERM")
     ap.add_argument("--runner", default=None, help="direct (default), dask, or any Beam runner name")
     ap.add_argument("--dask-address", help="tcp://HOST:PORT of a dask scheduler (default: start a local cluster)")
+    add_setting_overrides(ap)
+    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return ap
+
+
+def add_setting_overrides(ap: argparse.ArgumentParser) -> None:
+    """Flags that override one setting each (``dest`` is the setting's dotted path); shared by commands."""
     g = ap.add_argument_group("setting overrides")
     g.add_argument("--user-agent", dest="http.user_agent")
     g.add_argument("--host-delay", dest="http.host_delay", type=float, help="seconds between requests to a host")
@@ -71,13 +78,15 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--ner-model-dir", dest="ner.model_dir", help="directory of <lang>/ner.pt Stanza models")
     g.add_argument("--near-threshold", dest="dedup.near_threshold", type=float)
     g.add_argument("--window-days", dest="dedup.window_days", type=int)
-    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    return ap
 
 
 def split_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], dict[str, Any]]:
     """Our namespace, the leftover Beam arguments, and the dotted setting overrides given as flags."""
     ns, beam_args = parser().parse_known_args(argv)
+    return ns, beam_args, setting_overrides(ns)
+
+
+def setting_overrides(ns: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags (see :func:`add_setting_overrides`)."""
     overrides = {k: v for k, v in vars(ns).items() if "." in k or k == "max_items_per_feed"}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    return ns, beam_args, overrides
+    return {k: v for k, v in overrides.items() if v is not None}
