@@ -102,7 +102,7 @@ def _iso(dt: datetime | None) -> str | None:
     return dt.isoformat() if dt else None
 
 
-@dataclass
+@dataclass(eq=False)
 class Discovery:
     """One feed's discovery: frontier, visited pages, entries found, counts. Plain JSON via ``state()``."""
 
