@@ -142,10 +142,11 @@ def _run(argv: list[str], parser: Callable[[], argparse.ArgumentParser], body) -
         try:
             with RunLock(store, new_run_id(), ttl=settings.lock_ttl):
                 recover(store, settings.dedup.window_days)
-                log.info(body(ns, settings, feeds, store, options))
+                summary = body(ns, settings, feeds, store, options)
         except LockedError as e:
             print(f"warta: {e}", file=sys.stderr)
             return EXIT_LOCKED
+    log.info(summary)  # the last line, after a local dask cluster's shutdown notices
     return EXIT_OK
 
 
