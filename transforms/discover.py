@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
@@ -196,7 +197,6 @@ class Discovery:
 
     def run(self, client: HttpClient, deadline: float) -> None:
         """Step until done or until ``time.monotonic()`` passes ``deadline``."""
-        import time
         while self.frontier and time.monotonic() < deadline:
             self.step(client)
 
