@@ -209,7 +209,8 @@ def _backfill(ns, settings: Settings, feeds: list, store: Store, options) -> str
         client.close()
     left = sum(len(d.entries) for d in found) + sum(not d.done for d in found)
     if left:
-        log.warning("run budget spent with work left (%d pending URLs and unfinished discoveries); rerun to continue", left)
+        log.warning("run budget spent with work left (%d: pending URLs, unfinished discoveries); rerun to continue",
+                    left)
     return (f"warta backfill: discovered={c['discovered']} | skipped out-of-range={c['out_of_range']} "
             f"other-domain={c['other_domain']} in-lake={c['in_lake']} sitemaps={c['sitemaps_skipped']} "
             f"| pages fetched={c['pages_fetched']} | rows written={c['articles_written']} "

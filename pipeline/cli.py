@@ -182,7 +182,7 @@ def run_every(interval: float, feeds, settings: Settings, output: str, beam_args
 # Imported only when chosen, so `warta run` never pays for another command's imports.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.cli:run", "poll the feeds once (or --every INTERVAL) and commit to the lake"),
-    "backfill": ("pipeline.backfill:backfill", "add the feeds' sites' older articles (paged feeds, sitemaps) since a date"),
+    "backfill": ("pipeline.backfill:backfill", "add older articles of the feeds' sites (paged feeds, sitemaps)"),
     "archive": ("pipeline.backfill:archive", "add the articles of WARC files (e.g. CC-NEWS) without fetching"),
 }
 

@@ -62,7 +62,8 @@ def test_what_is_not_a_sitemap_is_an_error(body):
 def test_entities_in_sitemaps_are_not_expanded():
     laughs = (b'<?xml version="1.0"?><!DOCTYPE u [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">'
               b'<!ENTITY c SYSTEM "file:///etc/passwd">]>'
-              b'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"><url><loc>http://a/&b;&c;</loc></url></urlset>')
+              b'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+              b"<url><loc>http://a/&b;&c;</loc></url></urlset>")
     _, items = parse_sitemap(laughs)
     assert all("aaaa" not in i["loc"] and "root:" not in i["loc"] for i in items)
 
@@ -122,11 +123,12 @@ def test_discovery_resumes_from_its_json_state(server, client):
 def test_rfc5005_archive_feeds_are_followed(server, client):
     base = server.base
     for n in range(3):  # current feed -> archive 2 -> archive 1 (prev-archive links)
-        items = [{"title": f"a{n}{i}", "link": f"{base}/p/{n}-{i}", "published": datetime(2024, 5, 10 - n, i, tzinfo=timezone.utc)}
-                 for i in range(3)]
+        items = [{"title": f"a{n}{i}", "link": f"{base}/p/{n}-{i}",
+                  "published": datetime(2024, 5, 10 - n, i, tzinfo=timezone.utc)} for i in range(3)]
         body = atom_feed(title="A", link=base, items=items)
         if n < 2:
-            body = body.replace("<title>A</title>", f'<title>A</title><link rel="prev-archive" href="/archive/{n + 1}"/>')
+            link = f'<link rel="prev-archive" href="/archive/{n + 1}"/>'
+            body = body.replace("<title>A</title>", "<title>A</title>" + link)
         server.routes["/atom.xml" if n == 0 else f"/archive/{n}"] = Route(body, "application/atom+xml")
     d = Discovery(Feed(name="a", url=base + "/atom.xml"), date(2024, 1, 1))
     d.run(client, deadline=float("inf"))
@@ -145,3 +147,19 @@ def test_site_ignoring_paged_and_without_sitemaps_ends_quickly(server, client):
     asked = server.paths_requested()
     assert asked.count("/rss?paged=2") == 1 and "/rss?paged=3" not in asked
     assert {"/sitemap.xml", "/sitemap_index.xml", "/wp-sitemap.xml"} <= set(asked)  # the usual paths, all 404
+
+
+def test_every_discovery_request_waits_for_the_host_delay_and_robots_crawl_delay(server, monkeypatch):
+    outlet = Outlet(server, posts=120, per_page=6)
+    server.routes["/robots.txt"] = Route(f"User-agent: *\nCrawl-delay: 2\nSitemap: {outlet.base}/sitemap_index.xml\n",
+                                         "text/plain")
+    client = HttpClient(HttpSettings(host_delay=0.5, retries=0))
+    spacing: list[float] = []
+    monkeypatch.setattr(client.throttle, "wait", lambda host: None)  # record the spacing instead of sleeping
+    monkeypatch.setattr(client.throttle, "done", lambda host, delay=None: spacing.append(delay))
+    d = Discovery(Feed(name="outlet", url=outlet.base + "/feed/"), SINCE)
+    d.run(client, deadline=float("inf"))
+    client.close()
+    asked = [p for p in server.paths_requested() if p != "/robots.txt"]
+    assert d.done and len(asked) == d.counts["requests"] > 10
+    assert spacing == [2.0] * len(asked)  # the larger of host_delay and crawl-delay, after every request

@@ -60,8 +60,8 @@ def write_warcs(folder: Path) -> tuple[list[Path], dict[str, datetime]]:
                 url = f"http://{host}/artikel/{k}/"
                 response(w, url, page(url, k), when=when)
                 expected.setdefault(url, when)  # a's copy of 40..59 is the one kept (b's is a duplicate)
-                w.write_record(w.create_warc_record(url, "request", payload=io.BytesIO(b""),
-                                                    http_headers=StatusAndHeaders("GET / HTTP/1.1", [], is_http_request=True)))
+                request = StatusAndHeaders("GET / HTTP/1.1", [], is_http_request=True)
+                w.write_record(w.create_warc_record(url, "request", payload=io.BytesIO(b""), http_headers=request))
             for i in range(15):
                 url = f"http://lain.test/berita/{f}-{i}/"
                 response(w, url, page(url, 1000 + n))
@@ -73,9 +73,9 @@ def write_warcs(folder: Path) -> tuple[list[Path], dict[str, datetime]]:
                 response(w, url, b"<html><body>Tidak ditemukan</body></html>", status="404 Not Found")
             for i in range(5):
                 url = f"http://warta.test/artikel/{i}/"
+                http = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
                 w.write_record(w.create_revisit_record(url, "sha1:AAAA", url, "2024-02-01T00:00:00Z",
-                                                       http_headers=StatusAndHeaders("200 OK", [("Content-Type", "text/html")],
-                                                                                     protocol="HTTP/1.1")))
+                                                       http_headers=http))
             for i in range(4):  # gzip-encoded HTTP bodies (warcio decodes them)
                 k = 500 + 10 * f + i
                 url = f"http://warta.test/artikel/{k}/"

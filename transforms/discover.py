@@ -119,7 +119,8 @@ class Discovery:
 
     def __post_init__(self):
         if not self.frontier and not self.visited:
-            self.frontier = [{"kind": "feed", "url": self.feed.url, "page": 1}, {"kind": "robots", "url": self.feed.url}]
+            self.frontier = [{"kind": "feed", "url": self.feed.url, "page": 1},
+                             {"kind": "robots", "url": self.feed.url}]
 
     @property
     def done(self) -> bool:
