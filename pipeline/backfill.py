@@ -248,7 +248,8 @@ def _archive(ns, settings: Settings, feeds: list, store: Store, options) -> str:
         read = (p | "ListWarcFiles" >> beam.Create(urls)
                 | "PreloadModels" >> PreloadModels(s.ner, plan.ner_paths(), plan.preload)
                 | "ReadWarc" >> ReadWarc(sites, partial(load_seen, plan.store, s.dedup.window_days, plan.run_id),
-                                         s.http.max_bytes, s.storage_options, plan.store, plan.run_id))
+                                         s.http.max_bytes, s.storage_options, plan.store, plan.run_id,
+                                         groups=plan.workers))
         return process_pages(read.pages, plan, errors=[read.errors])
 
     stats = run_pipeline(store, settings, feeds, options, ns.runner, build, {}, extra_stats=warc_counts)

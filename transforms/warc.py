@@ -23,7 +23,7 @@ from lake.store import Store
 from net.http import HTML_TYPES, decode_html
 from transforms.extract import parse_datetime
 from transforms.outputs import split
-from transforms.records import error_row
+from transforms.records import error_row, utcnow
 from transforms.urls import host_of, normalize_url
 from transforms.write import staging_dir
 
@@ -75,7 +75,7 @@ def read_warc(stream, sites: list[Site], seen: set[int], max_bytes: int,
         charset = _charset(record.http_headers.get_header("Content-Type") or "")
         counts["pages"] = counts.get("pages", 0) + 1
         yield {"url": url, "final_url": url, "status": 200, "html": decode_html(body, charset),
-               "fetched_at": parse_datetime(record.rec_headers.get_header("WARC-Date")),
+               "fetched_at": parse_datetime(record.rec_headers.get_header("WARC-Date")) or utcnow(),
                "source": site.source, "feed_url": site.feed_url, "language": site.language,
                "feed_title": None, "feed_authors": [], "feed_published_at": None}
 
@@ -145,7 +145,7 @@ class _ReadWarcFn(beam.DoFn):
 
 @dataclass(eq=False)
 class ReadWarc(beam.PTransform):
-    """WARC file URLs in (spread over workers, one file per unit of work); pages (main) and ``errors`` out."""
+    """WARC file URLs in (dealt over ``groups`` workers, one file per unit of work); pages (main) and ``errors`` out."""
 
     sites: list[Site]
     seen_loader: Any  # zero-arg callable: URL keys already in the lake
@@ -153,16 +153,20 @@ class ReadWarc(beam.PTransform):
     storage_options: dict[str, Any]
     store: Store
     run_id: str
+    groups: int = 1  # files are dealt into this many groups, one per worker
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, urls):
+        groups = max(1, self.groups)
         tagged = (
             urls
-            | "KeyByFile" >> beam.Map(lambda u: (u, None))
-            | "SpreadFiles" >> beam.GroupByKey()  # runners spread the keys (files) over their workers
-            | "FileUrl" >> beam.Map(lambda kv: kv[0])
+            | "ToOneKey" >> beam.Map(lambda u: (None, u))
+            | "GatherFiles" >> beam.GroupByKey()
+            | "DealFiles" >> beam.FlatMap(lambda kv: ((i % groups, u) for i, u in enumerate(sorted(set(kv[1])))))
+            | "SpreadFiles" >> beam.GroupByKey()  # runners spread the keys (one per worker) over their workers
+            | "Files" >> beam.FlatMap(lambda kv: sorted(kv[1]))
             | "Read" >> beam.ParDo(_ReadWarcFn(self.sites, self.seen_loader, self.max_bytes,
                                                self.storage_options, (self.store, self.run_id)))
         )
