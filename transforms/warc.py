@@ -20,7 +20,7 @@ from warcio.archiveiterator import ArchiveIterator
 from config.settings import Feed
 from lake.state import key64
 from lake.store import Store
-from net.http import HTML_TYPES, decode_html
+from net.http import HTML_TYPES, charset_of, decode_html
 from transforms.extract import parse_datetime
 from transforms.outputs import split
 from transforms.records import error_row, utcnow
@@ -72,7 +72,7 @@ def read_warc(stream, sites: list[Site], seen: set[int], max_bytes: int,
             continue
         url = record.rec_headers.get_header("WARC-Target-URI")
         site = site_of(url, sites)
-        charset = _charset(record.http_headers.get_header("Content-Type") or "")
+        charset = charset_of(record.http_headers.get_header("Content-Type") or "")
         counts["pages"] = counts.get("pages", 0) + 1
         yield {"url": url, "final_url": url, "status": 200, "html": decode_html(body, charset),
                "fetched_at": parse_datetime(record.rec_headers.get_header("WARC-Date")) or utcnow(),
@@ -95,14 +95,6 @@ def _skip_reason(record, sites: list[Site], seen: set[int]) -> str | None:
         return "other_domain"
     if key64(normalize_url(url)) in seen:
         return "in_lake"
-    return None
-
-
-def _charset(content_type: str) -> str | None:
-    for part in content_type.split(";")[1:]:
-        k, _, v = part.strip().partition("=")
-        if k.lower() == "charset" and v:
-            return v.strip("\"'")
     return None
 
 
