@@ -6,8 +6,8 @@ A run's pipeline writes only into ``_state/pending/<run_id>/`` (see :mod:`transf
 2. staged data files copied to ``articles/…`` and ``errors/…`` under deterministic names
    (each copy atomic for readers: PUT on object stores, temp file + rename locally);
 3. state advanced: index part, feed validators, backlog (entries not fetched within the run's budget:
-   ``_state/backlog/<run_id>.json`` added, the backlog files the run took removed), run manifest
-   ``_state/runs/<run_id>.json``;
+   ``_state/backlog/<run_id>.json`` added, the backlog files the run took removed), backfill progress, run
+   manifest ``_state/runs/<run_id>.json``;
 4. the staging folder removed.
 
 A run killed before 1 leaves only staging, which the next run deletes: nothing was visible, no state
@@ -134,6 +134,9 @@ def publish(store: Store, run_id: str, manifest: dict[str, Any], window_days: in
     for name in manifest.get("backlog_taken", ()):
         if name != f"{run_id}.json":
             store.remove(f"{BACKLOG}/{name}")
+    for rel in manifest["files"]:  # backfill progress (discovery state, pending URLs), per source
+        if rel.startswith("backfill/") and store.exists(f"{stage}/{rel}"):
+            store.copy(f"{stage}/{rel}", f"_state/{rel}")
     store.write_json(f"{RUNS}/{run_id}.json", manifest)
     store.remove(stage, recursive=True)
     compact_index(store, run_id, window_days)

@@ -97,8 +97,13 @@ class Response:
         return self.headers.get("content-type", "").split(";")[0].strip().lower()
 
     def header_charset(self) -> str | None:
-        m = re.search(r"charset=[\"']?([\w.:-]+)", self.headers.get("content-type", ""), re.I)
-        return m.group(1) if m else None
+        return charset_of(self.headers.get("content-type", ""))
+
+
+def charset_of(content_type: str) -> str | None:
+    """The charset parameter of a Content-Type header value, if any."""
+    m = re.search(r"charset=[\"']?([\w.:-]+)", content_type, re.I)
+    return m.group(1) if m else None
 
 
 def check_scheme(url: str) -> None:

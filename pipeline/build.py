@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from functools import partial
-from types import SimpleNamespace
 
 import apache_beam as beam
 
@@ -82,51 +81,59 @@ class Plan:
 
 
 def build(p: beam.Pipeline, plan: Plan) -> tuple:
+    """The poll: feeds (and the backlog of earlier runs) -> new entries -> :func:`process_entries`."""
     s = plan.settings
-    paths = plan.ner_paths()
     polled = (
         p
         | "ListFeeds" >> beam.Create(plan.feeds)
-        | "PreloadModels" >> PreloadModels(s.ner, paths, plan.preload)
+        | "PreloadModels" >> PreloadModels(s.ner, plan.ner_paths(), plan.preload)
         | "PollFeeds" >> PollFeeds(s.http, plan.validators, s.max_items_per_feed,
                                   partial(load_seen, plan.store, s.dedup.window_days, plan.run_id),
                                   partial(load_failures_once, plan.store, plan.run_id))
     )
     entries = (polled.entries, p | "ListBacklog" >> beam.Create(plan.backlog)) | "WithBacklog" >> beam.Flatten()
-    done = process_entries(entries, plan, paths)
-    errors = (polled.errors, done.errors) | "AllErrors" >> beam.Flatten()
-    written = [*done.written, errors | "WriteErrors" >> WriteDataset(plan.store, plan.run_id, "errors")]
-    written.append(done.index | "WriteIndex" >> WriteState(plan.store, plan.run_id, "index"))
+    return process_entries(entries, plan, errors=[polled.errors], feed_state=polled.feed_state)
+
+
+def process_entries(entries, plan: Plan, errors=(), feed_state=None) -> tuple:
+    """Entries (feed items, the backlog, backfill URLs) -> fetched pages -> :func:`process_pages`. Entries
+    not fetched within the run's budget are staged as the backlog."""
+    pages = (entries | "CountEntries" >> beam.Map(count, plan.progress_dir, "entries")
+             | "FetchPages" >> FetchPages(plan.settings.http, groups=plan.workers, deadline=plan.deadline))
+    fetched = pages.pages | "CountFetched" >> beam.Map(count, plan.progress_dir, "fetched")
+    fetch_errors = pages.errors | "CountFetchErrors" >> beam.Map(count, plan.progress_dir, "fetched")
+    backlog = (pages.backlog | "CountDeferred" >> beam.Map(count, plan.progress_dir, "deferred")
+               | "WriteBacklog" >> WriteState(plan.store, plan.run_id, "backlog"))
+    return process_pages(fetched, plan, errors=[*errors, fetch_errors], feed_state=feed_state, written=[backlog])
+
+
+def process_pages(pages, plan: Plan, errors=(), feed_state=None, written=()) -> tuple:
+    """Pages (fetched, or read from WARC files) -> extract -> NER -> dedup -> staged writes.
+
+    ``errors``: error PCollections of the stages before; ``feed_state``: feed states to stage, if any;
+    ``written``: sinks of the stages before (all sinks are joined on runners that need it)."""
+    s = plan.settings
+    # Fetch -> Extract -> Tag run fused in each worker, with no shuffle between them: tagging starts
+    # with the first pages while the rest are still arriving. Deduplication needs every article of the
+    # run in one place, so it comes after (exact duplicates are rare by then: URLs are deduplicated above).
+    extracted = pages | "ExtractArticles" >> ExtractArticles(s.min_text_chars)
+    tagged = extracted.articles | "TagEntities" >> TagEntities(s.ner, plan.ner_paths(), plan.ner_batching,
+                                                               plan.preload)
+    deduped = (tagged.articles | "CountTagged" >> beam.Map(count, plan.progress_dir, "tagged")
+               | "Deduplicate" >> Deduplicate(s.dedup, partial(load_snapshot, plan.store, s.dedup.window_days,
+                                                              plan.run_id)))
+    written = [*written, deduped.articles | "WriteArticles" >> WriteDataset(plan.store, plan.run_id, "articles",
+                                                                            s.lake.layout)]
+    errors = (*errors, extracted.errors, tagged.errors) | "AllErrors" >> beam.Flatten()
+    written.append(errors | "WriteErrors" >> WriteDataset(plan.store, plan.run_id, "errors"))
+    written.append(deduped.index | "WriteIndex" >> WriteState(plan.store, plan.run_id, "index"))
     written.append(errors | "RecordFailures" >> RecordFailures(partial(load_failures_once, plan.store, plan.run_id))
                    | "WriteFailures" >> WriteState(plan.store, plan.run_id, "failures"))
-    written.append(polled.feed_state | "CountFeeds" >> beam.Map(count, plan.progress_dir, "feeds")
-                   | "WriteFeedState" >> WriteState(plan.store, plan.run_id, "feeds"))
+    if feed_state is not None:
+        written.append(feed_state | "CountFeeds" >> beam.Map(count, plan.progress_dir, "feeds")
+                       | "WriteFeedState" >> WriteState(plan.store, plan.run_id, "feeds"))
     if plan.join_sinks:
         # One last step that depends on every sink: runners that execute only the final transform's
         # graph (Beam's DaskRunner does) still run all branches.
         return tuple(written) | "AllWrites" >> beam.Flatten() | "Finish" >> beam.combiners.Count.Globally()
     return tuple(written)
-
-
-def process_entries(entries, plan: Plan, paths: dict) -> SimpleNamespace:
-    """Entries -> fetch -> extract -> tag -> dedup -> staged articles and backlog. Returns ``errors`` and
-    ``index`` rows (the caller writes them with its own) and ``written`` (the sinks' outputs)."""
-    s = plan.settings
-    pages = (entries | "CountEntries" >> beam.Map(count, plan.progress_dir, "entries")
-             | "FetchPages" >> FetchPages(s.http, groups=plan.workers, deadline=plan.deadline))
-    # Fetch -> Extract -> Tag run fused in each worker, with no shuffle between them: tagging starts
-    # with the first pages while the rest are still arriving. Deduplication needs every article of the
-    # run in one place, so it comes after (exact duplicates are rare by then: URLs are deduplicated above).
-    fetched = pages.pages | "CountFetched" >> beam.Map(count, plan.progress_dir, "fetched")
-    fetch_errors = pages.errors | "CountFetchErrors" >> beam.Map(count, plan.progress_dir, "fetched")
-    extracted = fetched | "ExtractArticles" >> ExtractArticles(s.min_text_chars)
-    tagged = extracted.articles | "TagEntities" >> TagEntities(s.ner, paths, plan.ner_batching, plan.preload)
-    deduped = (tagged.articles | "CountTagged" >> beam.Map(count, plan.progress_dir, "tagged")
-               | "Deduplicate" >> Deduplicate(s.dedup, partial(load_snapshot, plan.store, s.dedup.window_days,
-                                                              plan.run_id)))
-    errors = (fetch_errors, extracted.errors, tagged.errors) | "PageErrors" >> beam.Flatten()
-    backlog = (pages.backlog | "CountDeferred" >> beam.Map(count, plan.progress_dir, "deferred")
-               | "WriteBacklog" >> WriteState(plan.store, plan.run_id, "backlog"))
-    articles = deduped.articles | "WriteArticles" >> WriteDataset(plan.store, plan.run_id, "articles",
-                                                                  s.lake.layout)
-    return SimpleNamespace(errors=errors, index=deduped.index, written=[articles, backlog])

@@ -101,6 +101,17 @@ def summary_line(c: dict[str, Any], seconds: float) -> str:
     return line
 
 
+def execute(build_fn, plan: Plan, options: PipelineOptions, runner: str | None, verbose: bool = False) -> None:
+    """Build a pipeline with ``build_fn(p, plan)`` on the runner chosen and run it to the end."""
+    direct = (runner or "direct").lower() == "direct"
+    p = beam.Pipeline(runner=DirectFnRunner(quiet=not verbose) if direct else None, options=options)
+    build_fn(p, plan)
+    result = p.run()
+    result.wait_until_finish()
+    if hasattr(result, "client"):  # DaskRunner opens its own client: close it before the cluster goes
+        result.client.close()
+
+
 def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runner: str | None = None,
              dask_address: str | None = None, workers: int | None = None,
              max_run_time: float = DEFAULT_RUN_TIME, verbose: bool = False) -> dict[str, Any]:
@@ -122,13 +133,7 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
                         validators=store.read_json(FEEDS_FILE, default={}) or {},
                         workers=groups, ner_batching=ner_batching, join_sinks=join_sinks,
                         backlog=backlog, deadline=deadline, progress_dir=progress.directory)
-            direct = (runner or "direct").lower() == "direct"
-            p = beam.Pipeline(runner=DirectFnRunner(quiet=not verbose) if direct else None, options=options)
-            build(p, plan)
-            result = p.run()
-            result.wait_until_finish()
-            if hasattr(result, "client"):  # DaskRunner opens its own client: close it before the cluster goes
-                result.client.close()
+            execute(build, plan, options, runner, verbose)
         stats = {"run_id": run_id, **summarize_staged(store, run_id), "entries_backlog": len(backlog)}
         paths = plan.ner_paths()
         stats["no_model"] = {lang: n for lang, n in stats.pop("languages").items()
@@ -244,6 +249,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "errors": ("pipeline.errors:errors", "list remembered failures, or `retry` them on the next run"),
     "compact": ("pipeline.compact:compact_command", "rewrite each partition's small files into large sorted ones; retention"),
     "models": ("pipeline.models_cmd:models", "download Stanza NER models (`models download en`), list those found"),
+    "backfill": ("pipeline.backfill:backfill", "add older articles of the feeds' sites (paged feeds, sitemaps)"),
+    "archive": ("pipeline.backfill:archive", "add the articles of WARC files (e.g. CC-NEWS) without fetching"),
 }
 
 

@@ -73,6 +73,14 @@ def parser() -> argparse.ArgumentParser:
                          "for the next run")
     ap.add_argument("--runner", default=None, help="direct (default), dask, or any Beam runner name")
     ap.add_argument("--dask-address", help="tcp://HOST:PORT of a dask scheduler (default: start a local cluster)")
+    add_setting_overrides(ap)
+    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    ap.add_argument("--verbose", action="store_true", help="show Beam's and the libraries' own log messages")
+    return ap
+
+
+def add_setting_overrides(ap: argparse.ArgumentParser) -> None:
+    """Flags that override one setting each (``dest`` is the setting's dotted path); shared by commands."""
     g = ap.add_argument_group("setting overrides")
     g.add_argument("--user-agent", dest="http.user_agent")
     g.add_argument("--host-delay", dest="http.host_delay", type=float, help="seconds between requests to a host")
@@ -86,9 +94,6 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--ner-model-dir", dest="ner.model_dir", help="directory of <lang>/ner.pt Stanza models")
     g.add_argument("--near-threshold", dest="dedup.near_threshold", type=float)
     g.add_argument("--window-days", dest="dedup.window_days", type=int)
-    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    ap.add_argument("--verbose", action="store_true", help="show Beam's and the libraries' own log messages")
-    return ap
 
 
 def beam_parser() -> argparse.ArgumentParser:
@@ -119,10 +124,13 @@ def split_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], d
     if unknown:
         raise UsageError(f"unknown argument{'s' if len(unknown) > 1 else ''}: {' '.join(unknown)} "
                          "(`--help` lists the flags; put options of other Beam runners after `--`)")
-    beam_args += unchecked
+    return ns, beam_args + unchecked, setting_overrides(ns)
+
+
+def setting_overrides(ns: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags (see :func:`add_setting_overrides`)."""
     overrides = {k: v for k, v in vars(ns).items() if "." in k or k == "max_items_per_feed"}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    return ns, beam_args, overrides
+    return {k: v for k, v in overrides.items() if v is not None}
 
 
 def usable_cpus() -> int:

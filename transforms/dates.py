@@ -109,6 +109,12 @@ def parse_when(value: Any, tz: str | None = None, dayfirst: bool = False) -> Whe
     return _local(dt, tz) if dt is not None else None
 
 
+def parse_utc(value: Any, tz: str | None = None) -> datetime | None:
+    """A date/time string as UTC (a time without an offset read in ``tz``, else UTC), or None."""
+    when = parse_when(value, tz)
+    return when.at if when else None
+
+
 def plausible(dt: datetime | None, fetched_at: datetime) -> datetime | None:
     """Reject dates in the future (beyond a day of clock skew) or before the web news era."""
     if dt is None:

@@ -131,7 +131,7 @@ def decide_all(articles: Iterable[dict[str, Any]], index: NearDuplicateIndex):
     """Yield ``(decision, original, article, signature, exact keys)`` in the deterministic order."""
     def order(a):
         when: datetime | None = a.get("published_at") or a.get("fetched_at")
-        return (when.timestamp() if when else 0.0, a["url"], a["entry_url"])
+        return (when.timestamp() if when else 0.0, a["url"], a["entry_url"], a["fetched_at"].timestamp())
 
     articles = sorted(articles, key=order)
     shared = shared_canonicals(articles, index.settings.near_threshold)
@@ -155,7 +155,11 @@ class _DeduplicateFn(beam.DoFn):
     def process(self, keyed):
         _, articles = keyed
         index = NearDuplicateIndex(self.snapshot, self.settings)
+        taken: set[str] = set()
         for kind, original, art, sig, keys in decide_all(articles, index):
+            if art["article_id"] in taken:  # the same page twice in one run (WARC captures): the first stays
+                continue
+            taken.add(art["article_id"])
             row = {
                 "article_id": art["article_id"], "url_key": key64(normalize_url(art["entry_url"])), "exact_keys": keys,
                 "duplicate_of": original, "kind": "duplicate" if kind == "exact" else "article",
