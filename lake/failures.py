@@ -60,11 +60,24 @@ class Failures:
     """The failure records as polling and the failure-record step see them."""
 
     records: dict[int, dict[str, Any]] = field(default_factory=dict)
+    _next_retry: dict[str, datetime] | None = field(default=None, repr=False, compare=False)
 
     def waiting(self, key: int | None, now: datetime) -> bool:
         """Is this URL failed and not yet due for a retry?"""
         rec = self.records.get(key) if key is not None else None
         return rec is not None and (rec["retry_at"] is None or rec["retry_at"] > now)
+
+    def due_in(self, feed_url: str, now: datetime) -> bool:
+        """Has this feed an entry or page due for a retry? (Then it is polled in full, without validators:
+        an unchanged feed would otherwise answer 304 and its failed items would wait for its next change.)"""
+        if self._next_retry is None:  # per feed, its earliest retry time (built once; records do not change)
+            first: dict[str, datetime] = {}
+            for r in self.records.values():
+                if r["retry_at"] is not None and r["feed_url"]:
+                    first[r["feed_url"]] = min(r["retry_at"], first.get(r["feed_url"], r["retry_at"]))
+            self._next_retry = first
+        when = self._next_retry.get(feed_url)
+        return when is not None and when <= now
 
     def already_recorded(self, key: int, error: str, now: datetime) -> bool:
         """Is this exact failure on record and not expired (so its errors/ row need not be written again)?"""

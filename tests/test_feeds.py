@@ -19,6 +19,7 @@ from pipeline.loopback import Route
 from transforms.feeds import PollFeeds, feed_entries, parse_feed, poll_feed
 from net.http import HttpClient
 from lake.failures import Failures
+from transforms.records import utcnow
 from lake.state import key64
 from transforms.urls import normalize_url
 
@@ -59,6 +60,20 @@ def test_conditional_get_makes_unchanged_feed_cost_one_request(server):
     assert again.state["status"] == "unchanged" and again.entries == []
     assert server.paths_requested() == ["/rss"]
     assert server.requests[0][2]["if-none-match"] == first.state["etag"]
+
+
+def test_a_feed_with_failures_due_is_polled_in_full(server):
+    """An unchanged feed would answer 304 and its failed items would wait for its next change."""
+    server.routes["/rss"] = Route(rss_feed(title="x", link=server.base, items=items(server.base, 3)), "application/rss+xml")
+    c, feed = HttpClient(HTTP), Feed(name="x", url=server.url("/rss"))
+    first = poll_feed(feed, c, None, set(), 100)
+    failed = first.entries[0]
+    rec = Failures().record({**failed, "stage": "fetch", "error": "HTTP 503", "status": 503, "at": utcnow()})
+    waiting = Failures({rec["key"]: rec})
+    assert poll_feed(feed, c, first.state, set(), 100, waiting).state["status"] == "unchanged"
+    due = Failures({rec["key"]: {**rec, "retry_at": utcnow()}})
+    again = poll_feed(feed, c, first.state, set(), 100, due)
+    assert again.state["status"] == "ok" and [e["url"] for e in again.entries] == [e["url"] for e in first.entries]
 
 
 def test_seen_urls_are_skipped_and_cap_leaves_the_rest_for_later(server):

@@ -1,8 +1,9 @@
 """End to end on a loopback outlet that does what real ones do: local times without an offset, a homepage
 canonical on every page, feed links that redirect to the same page, XHTML, a relative og:image, an Atom id
-that is not a URL, a wire story run word for word by another outlet, and a page that fails once.
-Run twice (with `warta errors retry` between), every article is in the lake exactly once, with the right
-UTC time and text."""
+that is not a URL, a wire story run word for word by another outlet, a page that fails once, a UTF-8 page
+served as ISO-8859-1, a host whose robots.txt answers 503 on the first run, and one that answers
+`429 Retry-After: 3600`. Run twice (with `warta errors retry` between), every article is in the lake exactly
+once, with the right UTC time and text, and the first run did not wait for the busy host."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from conftest import seed_article
 from pipeline.example import rss_feed, wordpress_page
-from pipeline.loopback import Route
+from pipeline.loopback import LoopbackServer, Route
 from test_pipeline_e2e import articles, errors, run_cli
 
 pytestmark = pytest.mark.slow
@@ -53,6 +54,11 @@ def utc(hour: int, day: int = 12) -> datetime:
 
 
 def test_messy_outlet_twice_every_article_once_with_utc_times(server, tmp_path):
+    with LoopbackServer() as robots_down, LoopbackServer() as busy:
+        run_messy_world(server, robots_down, busy, tmp_path)
+
+
+def run_messy_world(server, robots_down, busy, tmp_path):
     base, r = server.base, server.routes
     flaky = {"calls": 0}
     expected: dict[str, datetime] = {}
@@ -74,7 +80,17 @@ def test_messy_outlet_twice_every_article_once_with_utc_times(server, tmp_path):
     r["/m/berita/6.html"] = once_unavailable
     expected[f"{base}/m/berita/6.html"] = utc(13)
 
-    links = [f"{base}/m/berita/{n}.html" for n in (0, 1, 2, 3, 4, 6)] + [f"{base}/m/go/5?from=rss", f"{base}/m/berita/5"]
+    latin = page(base, 7, "2024-11-12 21:00").replace("Berita 7, bagian 2:", "Berita 7, bagian 2: Sánchez di Jakarta,")
+    r["/m/berita/7.html"] = Route(latin, "text/html; charset=ISO-8859-1")  # the header lies: the bytes are UTF-8
+    expected[f"{base}/m/berita/7.html"] = utc(14)
+    robots_down.routes["/robots.txt"] = Route("down", status=503)  # RFC 9309: try later, never "disallow all"
+    robots_down.routes["/m/berita/8.html"] = Route(page(robots_down.base, 8, "2024-11-12 22:00"))
+    expected[f"{robots_down.base}/m/berita/8.html"] = utc(15)
+    busy.routes["/m/berita/9.html"] = Route("slow down", status=429, headers={"Retry-After": "3600"}, conditional=False)
+    expected[f"{busy.base}/m/berita/9.html"] = utc(16)
+
+    links = ([f"{base}/m/berita/{n}.html" for n in (0, 1, 2, 3, 4, 6, 7)] + [f"{base}/m/go/5?from=rss", f"{base}/m/berita/5"]
+             + [f"{robots_down.base}/m/berita/8.html", f"{busy.base}/m/berita/9.html"])
     r["/m/feed.xml"] = Route(rss_feed(title="Messy", link=f"{base}/m/", items=[
         {"title": f"Item {i}", "link": u} for i, u in enumerate(links)]), "application/rss+xml")
     r["/m/atom.xml"] = Route(  # an entry whose id is not a URL: one error row, written once
@@ -99,8 +115,12 @@ def test_messy_outlet_twice_every_article_once_with_utc_times(server, tmp_path):
     args = ("--feeds", str(feeds), "--output", str(out), "--config", str(config))
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert {e["url"] for e in errors(out) if e["stage"] == "fetch"} == {f"{base}/m/berita/6.html"}
-    retry = run_cli("errors", "retry", "--stage", "fetch", "--output", str(out))
+    assert {e["url"] for e in errors(out) if e["stage"] == "fetch"} == {
+        f"{base}/m/berita/6.html", f"{robots_down.base}/m/berita/8.html", f"{busy.base}/m/berita/9.html"}
+    assert busy.paths_requested().count("/m/berita/9.html") == 1  # neither waited for nor retried
+    robots_down.routes["/robots.txt"] = Route("User-agent: *\nAllow: /\n", "text/plain")
+    busy.routes["/m/berita/9.html"] = Route(page(busy.base, 9, "2024-11-12 23:00"))
+    retry = run_cli("errors", "retry", "--stage", "fetch", "--source", "messy", "--output", str(out))
     assert retry.returncode == 0, retry.stderr[-3000:]
     second = run_cli(*args)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -110,10 +130,13 @@ def test_messy_outlet_twice_every_article_once_with_utc_times(server, tmp_path):
     by_url = {r["url"]: r for r in rows}
     for url, when in expected.items():
         assert by_url[url]["published_at"] == when, url
-    for n in range(7):
-        row = by_url[f"{base}/m/berita/{n}.html"]
+    for n in range(10):
+        host = robots_down.base if n == 8 else busy.base if n == 9 else base
+        row = by_url[f"{host}/m/berita/{n}.html"]
         assert html.unescape(paragraphs(n)[1]) in row["text"] and row["source"] == "messy"
-        assert row["image_url"] == f"{base}/img/foto.jpg" and row["duplicate_of"] is None
+        assert row["image_url"] == f"{host}/img/foto.jpg" and row["duplicate_of"] is None
+    assert "bagian 2: Sánchez di Jakarta," in by_url[f"{base}/m/berita/7.html"]["text"]
+    assert by_url[f"{base}/m/berita/7.html"]["charset"] == "utf-8"
     assert by_url[f"{base}/k/salinan.html"]["duplicate_of"] == by_url[f"{base}/m/berita/0.html"]["article_id"]
     poll_errors = [e for e in errors(out) if e["stage"] == "poll"]
     assert [(e["source"], e["url"]) for e in poll_errors] == [("atom", "1")]

@@ -131,10 +131,11 @@ def feed_entries(parsed: feedparser.FeedParserDict, feed: Feed, base: str | None
 def poll_feed(feed: Feed, client: HttpClient, validators: dict[str, Any] | None,
               seen: set[int], max_items: int, failures: Failures | None = None) -> PollResult:
     """Poll one feed. Never raises: failures become error rows in the result. Entries that failed before
-    wait for their retry time; an entry's own error is written once, until it changes or expires."""
+    wait for their retry time (a feed with some due is fetched in full); an entry's own error is written
+    once, until it changes or expires."""
     failures = failures or Failures()
     now = utcnow()
-    validators = validators or {}
+    validators = {} if failures.due_in(feed.url, now) else (validators or {})
     result = PollResult(state={"feed_url": feed.url, "source": feed.name, "status": "failed", "entries_new": 0})
     headers = {}
     if validators.get("etag"):
