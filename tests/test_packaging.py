@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow
-PACKAGES = {"pipeline", "transforms", "lake", "net", "config"}
+PACKAGES = {"pipeline", "transforms", "lake", "net", "config", "models"}
 NOT_SOURCE = shutil.ignore_patterns(".venv", ".git", "__pycache__", "build", "dist", "*.egg-info", "data",
                                     "data-example", ".pytest_cache")
 
@@ -43,6 +43,8 @@ def test_wheel_for_extra_package_holds_every_package_and_imports(source, tmp_pat
     names = zipfile.ZipFile(wheel).namelist()
     assert PACKAGES <= {n.split("/")[0] for n in names}
     assert "config/settings.example.yaml" in names
+    # data the code loads at run time: the Indonesian NER model (#17), the report's template
+    assert {"models/stanza/id/ner.pt", "models/stanza/id/ner_pretrain.pt", "pipeline/templates/report.html.j2"} <= set(names)
     # the wheel alone (no checkout on the path) provides every module the pipeline imports
     code = (f"import sys; sys.path.insert(0, {str(wheel)!r}); "
             "import pipeline.cli, pipeline.build, transforms.fetch, lake.commit, net.http, config.settings; "
