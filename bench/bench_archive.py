@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from warcio.statusandheaders import StatusAndHeaders  # noqa: E402
 from warcio.warcwriter import WARCWriter  # noqa: E402
 
-from bench.bench_pipeline import physical_limit, timed_run  # noqa: E402
+from bench.bench_pipeline import physical_limit, save_results, timed_run  # noqa: E402
 from bench.newsworld import build_world  # noqa: E402
 
 WARC_DATE = datetime(2024, 11, 2, tzinfo=timezone.utc)
@@ -106,15 +106,10 @@ def main(argv=None) -> int:
                "cpu_efficiency_vs_limit": round(limit["limit_cpu_s"] / run["archive_cpu_s"], 3)}
         results.append(row)
         print(json.dumps(row), flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"when": datetime.now(timezone.utc).isoformat(), "cpu_count": os.cpu_count(),
-                                     "results": results}, indent=1))
-    cols = ["articles", "files", "archive_wall_s", "archive_cpu_s", "archive_articles_per_min", "archive_peak_rss_mb",
-            "archive_noop_wall_s", "limit_cpu_s", "limit_wall_s_2_cores", "efficiency_vs_limit",
-            "cpu_efficiency_vs_limit"]
-    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in results:
-        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    save_results(args.json, results, ["articles", "files", "archive_wall_s", "archive_cpu_s",
+                                      "archive_articles_per_min", "archive_peak_rss_mb", "archive_noop_wall_s",
+                                      "limit_cpu_s", "limit_wall_s_2_cores", "efficiency_vs_limit",
+                                      "cpu_efficiency_vs_limit"], cpu_count=os.cpu_count())
     return 0
 
 

@@ -240,16 +240,21 @@ def main(argv=None) -> int:
                 row["e2e_s_per_article"] = round(e2e["e2e_wall_s"] / max(1, e2e["e2e_articles"]), 4)
                 results.append(row)
                 print(json.dumps(row), flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"when": datetime.now(timezone.utc).isoformat(), "usable_cpus": CORES,
-                                     "load_avg_1m": os.getloadavg()[0], "results": results}, indent=1))
-    cols = ["articles", "mode", "e2e_wall_s", "e2e_articles", "e2e_articles_per_min", "e2e_peak_rss_mb",
-            "limit_wall_s", "ratio_to_limit", "ratio_to_lean_limit", "e2e_noop_wall_s", "extract_pages_per_s",
-            "ner_sentences_per_s"]
+    save_results(args.json, results, ["articles", "mode", "e2e_wall_s", "e2e_articles", "e2e_articles_per_min",
+                                      "e2e_peak_rss_mb", "limit_wall_s", "ratio_to_limit", "ratio_to_lean_limit",
+                                      "e2e_noop_wall_s", "extract_pages_per_s", "ner_sentences_per_s"],
+                 usable_cpus=CORES)
+    return 0
+
+
+def save_results(path: Path, results: list[dict], cols: list[str], **meta) -> None:
+    """Write ``results`` as JSON (with the time, load and ``meta``) and print them as a Markdown table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"when": datetime.now(timezone.utc).isoformat(), **meta,
+                                "load_avg_1m": os.getloadavg()[0], "results": results}, indent=1))
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in results:
         print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
-    return 0
 
 
 if __name__ == "__main__":

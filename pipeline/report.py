@@ -11,7 +11,6 @@ import argparse
 import sys
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
 
 import fsspec
 

@@ -23,7 +23,7 @@ from conftest import FAST_SETTINGS, ROOT, T0, World
 from lake.metrics import collect
 from pipeline.loopback import LoopbackServer, Route
 from pipeline.example import rss_feed, wordpress_page
-from pipeline.report import key_numbers, render, report, stats
+from pipeline.report import key_numbers, report, stats
 
 pytestmark = pytest.mark.slow
 DAY1, DAY2 = date(2024, 11, 12), date(2024, 11, 13)
