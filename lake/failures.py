@@ -20,7 +20,6 @@ from typing import Any
 import pyarrow as pa
 
 from lake.state import key64
-from net.http import DEFERRED
 from lake.store import Store
 from transforms.urls import normalize_url
 
@@ -43,11 +42,6 @@ def failure_key(err: dict[str, Any]) -> int | None:
     if not err.get("url") or err.get("url") == err.get("feed_url"):
         return None
     return key64(normalize_url(err["url"]))
-
-
-def is_deferred(err: dict[str, Any]) -> bool:
-    """The host asked to be left alone for now (429, Retry-After, robots.txt 5xx): due again next run."""
-    return (err.get("error") or "").endswith(DEFERRED)
 
 
 def is_final(err: dict[str, Any]) -> bool:
@@ -89,12 +83,9 @@ class Failures:
         if key is None:
             return None
         prev = self.records.get(key)
-        if is_deferred(err):  # not the page's fault: no backoff, offered again by the next run
-            attempts, retry_at = (prev["attempts"] if prev else 0), err["at"]
-        else:
-            attempts = (prev["attempts"] if prev else 0) + 1
-            final = is_final(err) and attempts >= FINAL_AFTER
-            retry_at = None if final else err["at"] + BACKOFF[min(attempts, len(BACKOFF)) - 1]
+        attempts = (prev["attempts"] if prev else 0) + 1
+        final = is_final(err) and attempts >= FINAL_AFTER
+        retry_at = None if final else err["at"] + BACKOFF[min(attempts, len(BACKOFF)) - 1]
         return {"key": key, "url": err.get("url"), "feed_url": err.get("feed_url"), "source": err.get("source"),
                 "stage": err["stage"], "error": err["error"], "status": err.get("status"), "attempts": attempts,
                 "first_at": prev["first_at"] if prev else err["at"], "last_at": err["at"],

@@ -2,13 +2,13 @@
 
 - our own User-Agent; only http/https; optional refusal of private/link-local targets
 - retries with backoff on connection errors, 429 and 5xx (urllib3 ``Retry``); a ``Retry-After`` longer than
-  ``max_retry_after`` is not waited for, and the host is deferred to the next run (:class:`HostDeferred`),
+  ``max_retry_after`` is not waited for, and the host is deferred for the rest of the run (:class:`HostDeferred`; its pages are retried with backoff),
   as it is after a 429 that outlasted the retries
 - redirects followed one hop at a time (capped), each hop's scheme and, when configured, address checked
 - connect/read timeouts plus a total deadline per response (slow-drip bodies are cut off)
 - a cap on the *decoded* body size, so gzip/deflate bombs stop at the cap
 - robots.txt per host (``protego``, RFC 9309: wildcards, longest match; 4xx = allow all; 5xx or unreachable =
-  try later: the host is deferred to the next run, never remembered as "disallow all")
+  try later: the host is deferred for the rest of the run, never remembered as "disallow all")
 - one request at a time per host, spaced by ``host_delay`` or the robots crawl-delay, whichever is larger
 - page decoding in the WHATWG order (:func:`decode_html`), with replacement, returning the charset used
 """
@@ -48,7 +48,7 @@ class FetchError(Exception):
         self.url = url
 
 
-DEFERRED = "deferred to the next run"  # ends the message of every HostDeferred
+DEFERRED = "host deferred, retried later"  # ends the message of every HostDeferred
 
 
 class HostDeferred(FetchError):
@@ -197,7 +197,7 @@ class HostThrottle:
 
 class HttpClient:
     """A requests session with our politeness and bounds. Build one per worker and run (``DoFn.setup``): the
-    robots cache and the hosts deferred to the next run live as long as the client."""
+    robots cache and the hosts deferred for this run live as long as the client."""
 
     def __init__(self, settings: HttpSettings):
         self.settings = settings

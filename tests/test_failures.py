@@ -22,15 +22,6 @@ def err(url="https://x.example/a", stage="fetch", error="HTTP 503", status=503, 
             "status": status, "at": at}
 
 
-def test_a_deferred_host_is_due_again_next_run_without_backoff():
-    from net.http import DEFERRED
-    f = Failures()
-    for _ in range(3):
-        rec = f.record(err(status=429, error=f"HTTP 429 (too many requests) after retries: {DEFERRED}"))
-        f.records[rec["key"]] = rec
-    assert rec["attempts"] == 0 and rec["retry_at"] == T and not f.waiting(rec["key"], T)
-
-
 def test_retries_back_off_and_only_gone_or_not_html_pages_become_final():
     f = Failures()
     at = T

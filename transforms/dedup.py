@@ -155,13 +155,14 @@ class _DeduplicateFn(beam.DoFn):
     def process(self, keyed):
         _, articles = keyed
         index = NearDuplicateIndex(self.snapshot, self.settings)
-        taken: set[str] = set()
+        taken: set[tuple[str, int]] = set()
         for kind, original, art, sig, keys in decide_all(articles, index):
-            if art["article_id"] in taken:  # the same page twice in one run (WARC captures): the first stays
+            url_key = key64(normalize_url(art["entry_url"]))
+            if (art["article_id"], url_key) in taken:  # one URL twice in one run (WARC captures): the first stays
                 continue
-            taken.add(art["article_id"])
+            taken.add((art["article_id"], url_key))  # a redirect twin (another entry URL) is a duplicate row
             row = {
-                "article_id": art["article_id"], "url_key": key64(normalize_url(art["entry_url"])), "exact_keys": keys,
+                "article_id": art["article_id"], "url_key": url_key, "exact_keys": keys,
                 "duplicate_of": original, "kind": "duplicate" if kind == "exact" else "article",
                 "seen_at": art["fetched_at"], "minhash": sig.tobytes() if kind != "exact" else None,
             }
