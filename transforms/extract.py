@@ -8,12 +8,14 @@ meta published time with its time zone), with the feed's values preferred where 
 from __future__ import annotations
 
 import hashlib
+import html as html_lib
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import apache_beam as beam
 import htmldate
@@ -21,6 +23,7 @@ import lxml.html
 import py3langid
 import trafilatura
 from trafilatura.meta import reset_caches
+from trafilatura.metadata import extract_author
 from dateutil import parser as dateparser
 
 from transforms.outputs import split
@@ -157,6 +160,78 @@ def _first_h1(tree) -> str | None:
     return None
 
 
+# Separators between a headline and the site name / section / date in <title> and og:title.
+TITLE_SEPARATOR = re.compile(r"\s+[|\-–—*·•»]\s+|\s*[|ㅣ]\s*")
+# A byline's lead word ("By", "Von", "Autor:") and the joints between several names.
+BYLINE_PREFIX = re.compile(r"^(?:by|von|van|de|por|par|af|av|autor(?:in)?|author|text|written\s+by)\b[:\s]*", re.I)
+AUTHOR_JOINT = re.compile(r"\s*(?:[,;/]|\s(?:and|und|og|och|y|et|e|en|ve|i)\s|&)\s*", re.I)
+
+
+def _squash(text: str) -> str:
+    """Letters and digits only, accents dropped, case-folded: for comparing names with host names."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if c.isalnum()).casefold()
+
+
+def site_keys(tree, base_url: str, publisher: Any = None) -> set[str]:
+    """What the site calls itself: og:site_name, application-name, JSON-LD publisher, host name labels."""
+    names = tree.xpath('//meta[@property="og:site_name" or @name="application-name" or @name="og:site_name"]/@content')
+    names += _names(publisher)
+    host = (urlsplit(base_url).hostname or "").split(".")
+    labels = [label for label in host if label not in {"www", "m", "amp", "com", "co", "org", "net", "news"}]
+    stem = labels[:-1] or labels  # without the top-level domain
+    return {k for k in map(_squash, [*names, *stem, "".join(stem)]) if len(k) >= 2}
+
+
+def _is_site(segment: str, keys: set[str]) -> bool:
+    seg = _squash(segment)
+    if not seg:
+        return True
+    if re.fullmatch(r"[\d\W_]+", segment):  # a date or number, as in "Title | DW | 28.04.2023"
+        return True
+    return len(seg) <= 40 and any(seg == k or (len(k) >= 3 and (k in seg or seg in k)) for k in keys)
+
+
+def clean_title(title: str, keys: set[str], others: list[str | None] = ()) -> str:
+    """Drop a trailing site name (and anything after it) and use a shorter candidate the title merely extends."""
+    title = " ".join(html_lib.unescape(title).split())
+    for other in others:
+        other = " ".join((other or "").split())
+        if other and other != title and len(other) >= 10:
+            if title.startswith(other) and TITLE_SEPARATOR.match(title[len(other):]):
+                title = other  # "Headline | Section | Site" around the h1's "Headline"
+            elif title.endswith(other) and re.search(r"(?::|\s[|/\-–—])\s*$", title[:-len(other)]):
+                title = other  # "Kicker: Headline"
+    cuts = [m for m in TITLE_SEPARATOR.finditer(title)]
+    for i, m in enumerate(cuts):
+        segment = title[m.end():cuts[i + 1].start() if i + 1 < len(cuts) else len(title)]
+        if m.start() > 0 and _is_site(segment, keys):
+            return title[:m.start()].strip()
+    return title
+
+
+def clean_authors(names: list[str], keys: set[str]) -> list[str]:
+    """Split joined bylines ("A und B, dpa"), drop lead words and the site's own name."""
+    out: list[str] = []
+    for name in names:
+        name = BYLINE_PREFIX.sub("", " ".join(html_lib.unescape(name).split()))
+        if re.search(r"\(|https?:|www\.", name):
+            continue
+        for part in AUTHOR_JOINT.split(name):
+            part = BYLINE_PREFIX.sub("", part.strip(" .-–—"))
+            if part and _squash(part) and not _is_site(part, keys) and part not in out:
+                out.append(part)
+    return out
+
+
+def _person_names(value: Any) -> list[str]:
+    """Author names from JSON-LD, leaving out organisations."""
+    if isinstance(value, list):
+        return [n for v in value for n in _person_names(v)]
+    if isinstance(value, dict) and "Organization" in str(value.get("@type", "")):
+        return []
+    return _names(value)
+
+
 def read_meta(tree, base_url: str) -> PageMeta:
     """Canonical URL, published time, title, authors, image and language from the page head."""
     def meta(*names: str) -> str | None:
@@ -182,16 +257,22 @@ def read_meta(tree, base_url: str) -> PageMeta:
             break
     published = published or parse_datetime(meta("article:published_time", "datePublished", "pubdate",
                                                  "publishdate", "date", "dc.date", "DC.date.issued"))
-    authors = [a for obj in articles for a in _names(obj.get("author"))]
-    if not authors:
-        a = meta("author", "article:author")
-        authors = [a] if a and not a.startswith("http") else []
+    keys = site_keys(tree, base_url, next((o.get("publisher") for o in articles if o.get("publisher")), None))
+    # People first (JSON-LD, meta, then the visible byline); the outlet's own name only when no one is named.
+    a = meta("author", "article:author")
+    a = [a] if a and not a.startswith("http") else []
+    authors = (clean_authors([n for obj in articles for n in _person_names(obj.get("author"))], keys)
+               or clean_authors(a, keys) or clean_authors([extract_author(tree) or ""], keys)
+               or clean_authors([n for obj in articles for n in _names(obj.get("author"))] or a, set()))
+    headline = next((o["headline"] for o in articles if isinstance(o.get("headline"), str) and o["headline"].strip()), None)
+    h1 = _first_h1(tree)
+    title = headline or meta("og:title", "twitter:title") or h1 or (tree.findtext(".//title") or "").strip() or None
     lang = tree.xpath("/html/@lang")
     return PageMeta(
         canonical_url=canonical,
         published_at=published,
-        title=meta("og:title", "twitter:title") or _first_h1(tree) or (tree.findtext(".//title") or "").strip() or None,
-        authors=[" ".join(a.split()) for a in dict.fromkeys(authors) if a.strip()],
+        title=clean_title(title, keys, [h1]) if title else None,
+        authors=authors,
         image=meta("og:image", "twitter:image"),
         language=(lang[0].split("-")[0].lower() if lang and lang[0].strip() else None),
     )
