@@ -82,7 +82,8 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     # Fetch -> Extract -> Tag run fused in each worker, with no shuffle between them: tagging starts
     # with the first pages while the rest are still arriving. Deduplication needs every article of the
     # run in one place, so it comes after (exact duplicates are rare by then: URLs are deduplicated above).
-    extracted = pages.pages | "ExtractArticles" >> ExtractArticles(s.min_text_chars)
+    extracted = pages.pages | "ExtractArticles" >> ExtractArticles(
+        s.min_text_chars, profiles={h: p.model_dump() for h, p in s.extract.profiles.items()})
     tagged = extracted.articles | "TagEntities" >> TagEntities(s.ner, paths, plan.ner_batching, plan.preload)
     deduped = tagged.articles | "Deduplicate" >> Deduplicate(
         s.dedup, partial(load_snapshot, plan.store, s.dedup.window_days, plan.run_id))

@@ -1,8 +1,8 @@
 """Stage 3 — extract clean body text and metadata from a fetched page.
 
-trafilatura does the body; we add an Indonesian-news boilerplate filter ("Baca Juga:", ad and scroll
-markers, photo credits, share/comment widgets) and our own metadata reading (canonical URL, JSON-LD /
-meta published time with its time zone), with the feed's values preferred where feeds are reliable.
+The body comes from :mod:`transforms.extract_body` (trafilatura plus lead, fallbacks and a boilerplate
+filter); here we read the metadata (canonical URL, JSON-LD / meta published time with its time zone,
+title cleaned of the site name, authors), with the feed's values preferred where feeds are reliable.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import html as html_lib
 import json
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -21,56 +21,16 @@ import apache_beam as beam
 import htmldate
 import lxml.html
 import py3langid
-import trafilatura
 from trafilatura.meta import reset_caches
 from trafilatura.metadata import extract_author
 from dateutil import parser as dateparser
 
+from transforms.extract_body import clean_text, extract_body  # noqa: F401 (clean_text: public here too)
 from transforms.outputs import split
 from transforms.records import error_from
 from transforms.urls import article_id, normalize_url
 
 ERRORS = "errors"
-
-# Lines that are never article text on Indonesian (and English) news pages. Matched case-insensitively
-# against a whole line after trimming.
-BOILERPLATE_LINE = re.compile(
-    r"""^(?:
-        (?:baca|lihat|simak|cek)\s+(?:juga|pula|selengkapnya|berita\s+lainnya|artikel\s+lainnya)\b.*
-      | (?:berita|artikel)\s+(?:terkait|lainnya|pilihan|rekomendasi)\s*:?.*
-      | read\s+(?:also|more)\s*:.*
-      | advertisement | iklan | scroll\s+(?:to|untuk)\s+(?:continue|lanjut(?:kan)?)\b.*
-      | (?:\(?\s*)?(?:foto|photo|gambar|ilustrasi|image|sumber\s+foto)\s*:.{0,160}
-      | (?:editor|penulis|reporter|pewarta|penyunting|redaktur)\s*:.{0,80}
-      | (?:bagikan|share)(?:\s+(?:artikel|berita|this|ini))?\s*:?(?:\s*(?:facebook|twitter|whatsapp|telegram|line|x|copy\s+link|salin\s+tautan)\W*)*
-      | (?:facebook|twitter|whatsapp|telegram|line|email|copy\s+link|salin\s+tautan)(?:\W+(?:facebook|twitter|whatsapp|telegram|line|email|copy\s+link|salin\s+tautan))*\W*
-      | komentar | tinggalkan\s+(?:komentar|balasan)\b.* | \d+\s+komentar | leave\s+a\s+(?:comment|reply)\b.*
-      | (?:dapatkan|ikuti)\s+(?:update|berita|informasi)\b.{0,120}(?:google\s+news|whatsapp|telegram|channel).*
-      | tags?\s*:.* | topik\s*:.*
-    )$""",
-    re.IGNORECASE | re.VERBOSE,
-)
-
-# Headings after which a page only lists other stories: the body is cut there (when they come after
-# the first third of the text, so a short article that mentions such words early is left alone).
-TAIL_MARKER = re.compile(
-    r"""^(?:artikel\s+ini\s+(?:telah\s+)?(?:tayang|terbit|dimuat)\b.*
-      | (?:berita|artikel)\s+(?:terkini|terpopuler|terbaru|populer|lainnya|terkait|pilihan|rekomendasi)\s*:?
-      | (?:terpopuler|terkini|rekomendasi\s+untuk\s+anda|pilihan\s+untuk\s+anda|related\s+(?:articles|stories))
-    )$""",
-    re.IGNORECASE | re.VERBOSE,
-)
-
-# Inline markers that may sit inside a paragraph.
-INLINE_MARKERS = re.compile(r"\s*(?:ADVERTISEMENT|SCROLL TO CONTINUE WITH CONTENT)\s*")
-
-# Two fast trafilatura passes (no readability/jusText fallback): a precision-oriented one, and a
-# recall-oriented one used when the first kept under RECALL_SWITCH of what the second found (it then
-# probably cut article parts). Measured on the extraction benchmark: see bench/ and the README.
-PRECISE = {"favor_precision": True, "fast": True, "include_comments": False, "include_tables": True}
-BROAD = {"favor_recall": True, "fast": True, "include_comments": False, "include_tables": True}
-RECALL_SWITCH = 0.5
-
 
 @dataclass(frozen=True)
 class PageMeta:
@@ -80,17 +40,6 @@ class PageMeta:
     authors: list[str] = field(default_factory=list)
     image: str | None = None
     language: str | None = None
-
-
-def clean_text(text: str) -> str:
-    """Drop boilerplate lines and markers, normalise whitespace; paragraphs joined by newlines."""
-    raw_lines = [" ".join(INLINE_MARKERS.sub(" ", raw).split()) for raw in text.splitlines()]
-    raw_lines = [line for line in raw_lines if line]
-    for i, line in enumerate(raw_lines):
-        if i >= len(raw_lines) / 3 and TAIL_MARKER.match(line):
-            raw_lines = raw_lines[:i]
-            break
-    return "\n".join(line for line in raw_lines if not BOILERPLATE_LINE.match(line))
 
 
 def content_hash(text: str) -> str:
@@ -285,36 +234,6 @@ def detect_language(text: str) -> str | None:
     return lang
 
 
-def drop_leading_title(text: str, titles: list[str | None]) -> str:
-    """Remove the headline when the extractor kept it as the first line of the body."""
-    def norm(s: str) -> str:
-        return " ".join(re.sub(r"[^\w\s]", " ", s).split()).casefold()
-
-    wanted = {norm(t) for t in titles if t and t.strip()}
-    first, _, rest = text.partition("\n")
-    return rest if wanted and norm(first) in wanted else text
-
-
-def extract_body(html: str | bytes, url: str | None, options: dict[str, Any] | None = None,
-                 titles: list[str | None] = ()) -> str:
-    """Cleaned body text of one page (metadata is read separately, see :func:`read_meta`).
-
-    ``options`` (trafilatura keyword arguments) replace our two-pass strategy with a single pass.
-    ``titles`` are headlines known from elsewhere (feed, meta tags), dropped if the body starts with one.
-    """
-    def run(opts: dict[str, Any]) -> str:
-        doc = trafilatura.bare_extraction(html, url=url, **opts)
-        return (doc.as_dict().get("text") if doc is not None else None) or ""
-
-    if options:
-        text = run(options)
-    else:
-        text, broad = run(PRECISE), run(BROAD)
-        if len(text) < RECALL_SWITCH * len(broad):
-            text = broad
-    return drop_leading_title(clean_text(text), list(titles))
-
-
 def page_date(tree) -> datetime | None:
     """Last-resort publication date from the page (htmldate; day precision, taken as 00:00 UTC)."""
     try:
@@ -324,8 +243,27 @@ def page_date(tree) -> datetime | None:
     return parse_datetime(found)
 
 
-def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A fetched page in, an article row (without entities) out. Raises ValueError when no article is found."""
+def site_profile(profiles: dict[str, dict[str, str | None]] | None, url: str) -> dict[str, str | None]:
+    """The per-site profile (``extract.profiles`` setting) for a page's host, ``www.`` ignored; {} when none."""
+    host = (urlsplit(url).hostname or "").removeprefix("www.")
+    return next((p for h, p in (profiles or {}).items() if h.lower().removeprefix("www.") == host), {})
+
+
+def _profile_value(tree, xpath: str | None) -> str | None:
+    found = tree.xpath(xpath) if xpath else None
+    if not found:
+        return None
+    first = found[0] if isinstance(found, list) else found
+    text = first.text_content() if hasattr(first, "text_content") else str(first)
+    return " ".join(text.split()) or None
+
+
+def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict[str, Any] | None = None,
+                    profiles: dict[str, dict[str, str | None]] | None = None) -> dict[str, Any]:
+    """A fetched page in, an article row (without entities) out. Raises ValueError when no article is found.
+
+    ``profiles``: per-host XPath for body/title/date (the ``extract.profiles`` setting); what a profile
+    finds wins over the generic extractor, anything it leaves out is extracted as usual."""
     html = page["html"]
     if not html or not html.strip():
         raise ValueError("empty page")
@@ -335,8 +273,13 @@ def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict
     except (lxml.etree.ParserError, ValueError) as e:
         raise ValueError(f"unparseable HTML: {e}") from None
     meta = read_meta(tree, final_url)
+    profile = site_profile(profiles, final_url)
+    if profile:
+        meta = replace(meta, title=_profile_value(tree, profile.get("title")) or meta.title,
+                       published_at=parse_datetime(_profile_value(tree, profile.get("date"))) or meta.published_at)
     h1 = [" ".join(h.text_content().split()) for h in tree.xpath("//h1")[:2]]
-    text = extract_body(html, final_url, options, titles=[page.get("feed_title"), meta.title, *h1])
+    text = extract_body(html, final_url, options, titles=[page.get("feed_title"), meta.title, *h1], tree=tree,
+                        body_xpath=profile.get("body"))
     if len(text) < min_chars:
         raise ValueError(f"no article body found ({len(text)} characters of text)")
     fetched_at = page["fetched_at"]
@@ -366,15 +309,15 @@ def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict
 
 
 class _ExtractFn(beam.DoFn):
-    def __init__(self, min_chars: int, options: dict[str, Any] | None):
-        self.min_chars, self.options = min_chars, options
+    def __init__(self, min_chars: int, options: dict[str, Any] | None, profiles: dict[str, dict] | None = None):
+        self.min_chars, self.options, self.profiles = min_chars, options, profiles
         self.ok = beam.metrics.Metrics.counter("warta", "pages_extracted")
         self.failed = beam.metrics.Metrics.counter("warta", "extract_failed")
         self.count = 0
 
     def process(self, page):
         try:
-            row = extract_article(page, min_chars=self.min_chars, options=self.options)
+            row = extract_article(page, min_chars=self.min_chars, options=self.options, profiles=self.profiles)
         except Exception as e:  # hostile HTML must not escape: dead-letter it
             self.failed.inc()
             yield ERRORS, error_from(e, "extract", page)
@@ -392,10 +335,11 @@ class ExtractArticles(beam.PTransform):
 
     min_chars: int = 200
     options: dict[str, Any] | None = None
+    profiles: dict[str, dict[str, str | None]] | None = None  # extract.profiles: {host: {body, title, date}}
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, pages):
-        tagged = pages | "Extract" >> beam.ParDo(_ExtractFn(self.min_chars, self.options))
+        tagged = pages | "Extract" >> beam.ParDo(_ExtractFn(self.min_chars, self.options, self.profiles))
         return split(tagged, ["articles", ERRORS])

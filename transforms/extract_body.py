@@ -1,0 +1,189 @@
+"""Body text of an article page: trafilatura plus what it misses on real publisher pages.
+
+trafilatura (fast, two passes) finds the main text; around it we
+- put back the lead/standfirst that sits above the article container (``lead``),
+- run a second, non-fast pass when the text is short against the page's paragraphs,
+- fall back to JSON-LD ``articleBody`` and to text held in script JSON (``__NEXT_DATA__``-style state)
+  when the page renders its article with JavaScript,
+- drop boilerplate lines (Indonesian and international: "Baca Juga", related-story teasers, "Trending",
+  donation appeals) and a leading headline.
+A per-site profile (XPath for the body) replaces all of this for one host.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import lxml.html
+import trafilatura
+
+# Lines that are never article text on news pages. Matched case-insensitively against a whole line
+# after trimming.
+BOILERPLATE_LINE = re.compile(
+    r"""^(?:
+        (?:baca|lihat|simak|cek)\s+(?:juga|pula|selengkapnya|berita\s+lainnya|artikel\s+lainnya)\b.*
+      | (?:berita|artikel)\s+(?:terkait|lainnya|pilihan|rekomendasi)\s*:?.*
+      | read\s+(?:also|more)\s*:.* | (?:see|read)\s+also\s*:.* | (?:lesen\s+sie\s+auch|mehr\s+zum\s+thema)\s*:?.*
+      | advertisement | anzeige | werbung | publicidad | iklan | scroll\s+(?:to|untuk)\s+(?:continue|lanjut(?:kan)?)\b.*
+      | (?:\(?\s*)?(?:foto|photo|gambar|ilustrasi|image|sumber\s+foto)\s*:.{0,160}
+      | (?:editor|penulis|reporter|pewarta|penyunting|redaktur)\s*:.{0,80}
+      | (?:bagikan|share)(?:\s+(?:artikel|berita|this|ini))?\s*:?(?:\s*(?:facebook|twitter|whatsapp|telegram|line|x|copy\s+link|salin\s+tautan)\W*)*
+      | (?:facebook|twitter|whatsapp|telegram|line|email|copy\s+link|salin\s+tautan)(?:\W+(?:facebook|twitter|whatsapp|telegram|line|email|copy\s+link|salin\s+tautan))*\W*
+      | komentar | tinggalkan\s+(?:komentar|balasan)\b.* | \d+\s+komentar | leave\s+a\s+(?:comment|reply)\b.*
+      | (?:dapatkan|ikuti)\s+(?:update|berita|informasi)\b.{0,120}(?:google\s+news|whatsapp|telegram|channel).*
+      | tags?\s*:.* | topik\s*:.* | trending(?:\s+now)?\s*:? | end\s+of\s+(?:the\s+)?article
+      | (?:sign\s+up|subscribe)\b.{0,80}(?:newsletter|inbox|free)\b.{0,80}
+    )$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
+# Headings after which a page only lists other stories (or asks for money): the body is cut there
+# (when they come after the first third of the text, so a short article that mentions such words
+# early is left alone).
+TAIL_MARKER = re.compile(
+    r"""^(?:artikel\s+ini\s+(?:telah\s+)?(?:tayang|terbit|dimuat)\b.*
+      | (?:berita|artikel)\s+(?:terkini|terpopuler|terbaru|populer|lainnya|terkait|pilihan|rekomendasi)\s*:?
+      | (?:terpopuler|terkini|rekomendasi\s+untuk\s+anda|pilihan\s+untuk\s+anda)
+      | (?:related|more|recommended|top|latest|popular)\s+(?:articles|stories|news|reads?|from\s+\w+(?:\s+\w+)?)\s*:?
+      | (?:most\s+(?:read|popular|viewed)|trending(?:\s+now)?|you\s+may\s+(?:also\s+)?like|end\s+of\s+(?:the\s+)?article)\s*:?
+      | (?:das\s+könnte\s+sie\s+auch\s+interessieren|weitere\s+artikel|meistgelesen)\s*:?
+      | (?:support|donate\s+to)\s+(?:our|independent)\s+journalism\b.*
+      | (?:if\s+you\s+(?:value|appreciate|enjoyed)\b.{0,80}(?:support|donat|subscri)).*
+    )$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
+# Inline markers that may sit inside a paragraph.
+INLINE_MARKERS = re.compile(r"\s*(?:ADVERTISEMENT|SCROLL TO CONTINUE WITH CONTENT)\s*")
+
+# Two fast trafilatura passes (no readability/jusText fallback): a precision-oriented one, and a
+# recall-oriented one used when the first kept under RECALL_SWITCH of what the second found (it then
+# probably cut article parts). Measured on the extraction benchmarks: see bench/ and the README.
+PRECISE = {"favor_precision": True, "fast": True, "include_comments": False, "include_tables": True}
+BROAD = {"favor_recall": True, "fast": True, "include_comments": False, "include_tables": True}
+FALLBACK = {"favor_recall": True, "fast": False, "include_comments": False, "include_tables": True}
+RECALL_SWITCH = 0.5
+# The non-fast pass runs when the text holds under SHORT_SHARE of the page's paragraph text.
+SHORT_SHARE = 0.3
+# Class/id words of a lead/standfirst block.
+LEAD_CLASS = r"(^|[\s_-])(lead|standfirst|intro|summary|subtitle|dek|excerpt|abstract|perex|preface)(text|paragraph)?($|[\s_-])"
+OUTSIDE = "ancestor-or-self::*[self::nav or self::footer or self::aside]"
+EXSLT = {"re": "http://exslt.org/regular-expressions"}
+JSON_STRING = re.compile(r'"((?:[^"\\]|\\.){400,})"')
+
+
+def norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text).split()).casefold()
+
+
+def clean_text(text: str) -> str:
+    """Drop boilerplate lines and markers, normalise whitespace; paragraphs joined by newlines."""
+    raw_lines = [" ".join(INLINE_MARKERS.sub(" ", raw).split()) for raw in text.splitlines()]
+    raw_lines = [line for line in raw_lines if line]
+    for i, line in enumerate(raw_lines):
+        if i >= len(raw_lines) / 3 and TAIL_MARKER.match(line):
+            raw_lines = raw_lines[:i]
+            break
+    return "\n".join(line for line in raw_lines if not BOILERPLATE_LINE.match(line))
+
+
+def drop_leading_title(text: str, titles: list[str | None]) -> str:
+    """Remove the headline when the extractor kept it as the first line of the body."""
+    wanted = {norm(t) for t in titles if t and t.strip()}
+    first, _, rest = text.partition("\n")
+    return rest if wanted and norm(first) in wanted else text
+
+
+def _run(html: str | bytes, url: str | None, opts: dict[str, Any]) -> str:
+    doc = trafilatura.bare_extraction(html, url=url, **opts)
+    return (doc.as_dict().get("text") if doc is not None else None) or ""
+
+
+def _text(el) -> str:
+    return " ".join(el.text_content().split())
+
+
+def paragraph_chars(tree) -> int:
+    """Characters of visible paragraph text on the page (a yardstick for a short extraction)."""
+    return sum(len(_text(p)) for p in tree.xpath(f"//p[not({OUTSIDE})]") if len(_text(p)) >= 40)
+
+
+def lead(tree, text: str) -> str | None:
+    """The standfirst above the article text: a lead-classed block, or the block og:description quotes."""
+    have = norm(text[:3000])
+    desc = tree.xpath('//meta[@property="og:description" or @name="description"]/@content')
+    desc = norm(desc[0])[:80] if desc else ""
+    for el in tree.xpath(f"//body//*[self::p or re:test(@class, '{LEAD_CLASS}', 'i')][not({OUTSIDE})]",
+                         namespaces=EXSLT):
+        words = norm(_text(el))
+        if not 40 <= len(words) <= 800 or el.xpath(".//p[string-length(normalize-space()) > 40] | .//script"):
+            continue
+        classed = re.search(LEAD_CLASS, el.get("class", ""), re.I)
+        quoted = len(desc) >= 40 and words.startswith(desc)
+        if classed or quoted:
+            return None if words in have else _text(el)
+        if words[:60] in have:  # reached the article text itself: nothing above it
+            return None
+    return None
+
+
+def script_text(tree) -> str:
+    """Longest article-like text in page scripts: JSON-LD articleBody, or a JSON string of HTML/text."""
+    best = ""
+    for script in tree.xpath("//script[not(@src)]/text()"):
+        for raw in JSON_STRING.findall(script):
+            try:
+                value = json.loads(f'"{raw}"')
+            except ValueError:
+                continue
+            if "<" in value:
+                try:
+                    value = "\n".join(_text(p) for p in lxml.html.fromstring(value).xpath("//p"))
+                except (lxml.etree.ParserError, ValueError):
+                    continue
+            if len(value) > len(best) and len(value.split()) >= 40 and value.count(". ") >= 2 \
+                    and not re.search(r'["{}]\s*:|[{}\[\]]\s*$', value, re.M):  # prose, not nested JSON
+                best = value
+    return best
+
+
+def profile_body(tree, xpath: str) -> str:
+    """The body as a per-site profile's XPath selects it: the text of each matched block, in order."""
+    return "\n".join(t for el in tree.xpath(xpath) if (t := _text(el) if hasattr(el, "text_content") else
+                                                       " ".join(str(el).split())))
+
+
+def extract_body(html: str | bytes, url: str | None, options: dict[str, Any] | None = None,
+                 titles: list[str | None] = (), tree=None, body_xpath: str | None = None) -> str:
+    """Cleaned body text of one page (metadata is read separately, see ``read_meta``).
+
+    ``options`` (trafilatura keyword arguments) replace our strategy with a single trafilatura pass.
+    ``titles`` are headlines known from elsewhere (feed, meta tags), dropped if the body starts with one.
+    ``tree`` is the page parsed by lxml (parsed here when not given); ``body_xpath`` a per-site profile.
+    """
+    if tree is None:
+        try:
+            tree = lxml.html.fromstring(html)
+        except (lxml.etree.ParserError, ValueError):
+            tree = None
+    if body_xpath and tree is not None:
+        return drop_leading_title(clean_text(profile_body(tree, body_xpath)), list(titles))
+    if options:
+        return drop_leading_title(clean_text(_run(html, url, options)), list(titles))
+    text, broad = _run(html, url, PRECISE), _run(html, url, BROAD)
+    if len(text) < RECALL_SWITCH * len(broad):
+        text = broad
+    if tree is not None:
+        visible = paragraph_chars(tree)
+        if len(text) < SHORT_SHARE * visible:
+            text = max(text, _run(html, url, FALLBACK), key=len)
+        if len(text) < SHORT_SHARE * visible or len(text) < 400:
+            scripted = script_text(tree)
+            if len(scripted) > 2 * len(text):
+                text = scripted
+        first = lead(tree, text)
+        if first:
+            text = f"{first}\n{text}"
+    return drop_leading_title(clean_text(text), list(titles))
