@@ -155,3 +155,125 @@ def test_read_meta_handles_jsonld_graph_and_garbage():
                                 '"author": {"name": "Sari"}}]}</script></head><body></body></html>')
     meta = read_meta(tree, "https://x.example/")
     assert meta.published_at == datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc) and meta.authors == ["Sari"]
+
+
+# --- Real-page failure classes, on small hand-made pages (none copied from a publisher) ---------------
+
+PARAS = [
+    "The city council voted on Tuesday to extend the night bus network to the northern districts after months of debate.",
+    "Supporters said the change would help shift workers who now walk long distances after the last train has left.",
+    "Opponents questioned the cost, which the transport office put at four million a year, and asked for a review.",
+    "The first new routes are due to start running in the spring, once drivers have been hired and trained for them.",
+    "A spokesperson for the operator said timetables would be published online several weeks before the launch.",
+]
+LEAD = "Night buses will reach the northern districts from spring, after a long fight over who pays for them."
+
+
+def story(*blocks: str, head: str = "", title: str = "Night buses for the north") -> str:
+    return (f"<html><head><title>{title}</title>{head}</head><body><nav><a href='/'>Home</a> <a href='/city'>City</a>"
+            f"</nav><main><article><h1>{title}</h1>{''.join(blocks)}</article></main>"
+            "<footer><p>Copyright Example Media Group. All rights reserved, reproduction prohibited.</p></footer>"
+            "</body></html>")
+
+
+def paras(items) -> str:
+    return "".join(f"<p>{p}</p>" for p in items)
+
+
+def en_page(html: str, url: str = "https://news.example/city/night-buses") -> dict:
+    return page(html, url=url, language="en")
+
+
+def test_lead_above_the_article_container_is_kept():
+    html = story(f'<p class="article__lead">{LEAD}</p>', f'<div class="article-body">{paras(PARAS)}</div>')
+    text = extract_article(en_page(html))["text"]
+    assert text.splitlines()[0] == LEAD and PARAS[-1] in text
+
+
+def test_body_split_across_sibling_containers_is_kept_whole():
+    html = story(f'<div class="article-body">{paras(PARAS[:3])}</div>',
+                 '<figure><img src="/bus.jpg"><figcaption>A night bus.</figcaption></figure>',
+                 f'<div class="article-body">{paras(PARAS[3:])}</div>')
+    text = extract_article(en_page(html))["text"]
+    for p in PARAS:
+        assert p in text
+
+
+def test_international_boilerplate_is_dropped():
+    html = story(paras(PARAS[:3]), "<p>Trending</p>", "<p>Advertisement</p>", paras(PARAS[3:]),
+                 "<h2>Related stories</h2><ul><li><a href='/a'>Council approves the new cycle lanes on the main road "
+                 "after a vote</a></li></ul>",
+                 "<p>Support independent journalism: if you value our reporting, please donate today.</p>")
+    text = extract_article(en_page(html))["text"]
+    assert all(p in text for p in PARAS)
+    for junk in ("Trending", "Advertisement", "Related stories", "cycle lanes", "donate"):
+        assert junk not in text, junk
+
+
+def test_text_only_in_jsonld_article_body_is_found():
+    body = " ".join(PARAS)
+    ld = json.dumps({"@context": "https://schema.org", "@type": "NewsArticle", "headline": "Night buses",
+                     "articleBody": body})
+    html = story("<div id='app'>Loading…</div>", head=f'<script type="application/ld+json">{ld}</script>')
+    assert extract_article(en_page(html))["text"] == body
+
+
+def test_text_only_in_script_json_state_is_found():
+    state = json.dumps({"props": {"pageProps": {"story": {"id": 7, "contentHtml": paras(PARAS)}}}})
+    html = story("<div id='root'></div>", f'<script id="__NEXT_DATA__" type="application/json">{state}</script>')
+    assert extract_article(en_page(html))["text"].splitlines() == PARAS
+
+
+def test_title_loses_the_site_name_and_prefers_the_jsonld_headline():
+    import lxml.html
+    site = '<meta property="og:site_name" content="The Example Herald">'
+    for raw in ("Night buses for the north - The Example Herald", "Night buses for the north | City | Example Herald",
+                "Night buses for the north – Herald – 12.03.2024"):
+        tree = lxml.html.fromstring(f'<html><head><meta property="og:title" content="{raw}">{site}</head>'
+                                    "<body></body></html>")
+        assert read_meta(tree, "https://www.exampleherald.example/x").title == "Night buses for the north", raw
+    ld = '<script type="application/ld+json">{"@type": "NewsArticle", "headline": "Buses &amp; trams at night"}</script>'
+    tree = lxml.html.fromstring(f'<html><head><meta property="og:title" content="Night buses">{ld}</head></html>')
+    assert read_meta(tree, "https://x.example/").title == "Buses & trams at night"
+    # a dash inside the headline is not a site name
+    tree = lxml.html.fromstring('<html><head><meta property="og:title" content="Left - right - centre: who won"></head></html>')
+    assert read_meta(tree, "https://x.example/").title == "Left - right - centre: who won"
+
+
+def test_jsonld_authors_people_first_split_and_outlet_only_as_last_resort():
+    import lxml.html
+
+    def authors(ld: dict, extra: str = "") -> list[str]:
+        tree = lxml.html.fromstring(f'<html><head><script type="application/ld+json">{json.dumps(ld)}</script>{extra}'
+                                    '<meta property="og:site_name" content="Example Herald"></head><body></body></html>')
+        return read_meta(tree, "https://exampleherald.example/a").authors
+
+    art = {"@type": "NewsArticle", "publisher": {"@type": "Organization", "name": "Example Herald"}}
+    assert authors({**art, "author": [{"@type": "Person", "name": "Ana Silva"},
+                                      {"@type": "Organization", "name": "Example Herald"},
+                                      {"@type": "Person", "name": "By Tom Berg"}]},
+                   '<meta name="author" content="Someone Else">') == ["Ana Silva", "Tom Berg"]
+    assert authors({**art, "author": {"@type": "Person", "name": "Ana Silva und Tom Berg, dpa"}}) == \
+        ["Ana Silva", "Tom Berg", "dpa"]
+    assert authors({**art, "author": {"@type": "Organization", "name": "Example Herald"}}) == ["Example Herald"]
+
+
+def test_site_profile_overrides_body_title_and_date():
+    from config.settings import ExtractSettings, SiteProfile
+    html = story('<div class="teaser"><p>Short teaser that the generic extractor would happily keep as text.</p></div>',
+                 f'<section id="copy">{paras(PARAS)}</section>',
+                 '<span class="when" data-ts="2024-03-12T08:30:00+01:00">12 March</span>',
+                 title="Generic title")
+    profile = SiteProfile(body="//section[@id='copy']/p", title="//div[@class='teaser']/p",
+                          date="//span[@class='when']/@data-ts")
+    settings = ExtractSettings(profiles={"www.news.example": profile})
+    profiles = {h: p.model_dump() for h, p in settings.profiles.items()}
+    row = extract_article(en_page(html), profiles=profiles)
+    assert row["text"].splitlines() == PARAS
+    assert row["title"] == "Short teaser that the generic extractor would happily keep as text."
+    assert row["published_at"] == datetime(2024, 3, 12, 7, 30, tzinfo=timezone.utc)
+    other = extract_article(en_page(html, url="https://other.example/a"), profiles=profiles)
+    assert other["title"] == "Generic title"  # another host: the generic path
+    assert other["published_at"] != row["published_at"]
+    with pytest.raises(ValueError):
+        SiteProfile(body="//p[")

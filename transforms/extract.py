@@ -151,10 +151,14 @@ def clean_title(title: str, keys: set[str], others: list[str | None] = ()) -> st
             elif title.endswith(other) and re.search(r"(?::|\s[|/\-–—])\s*$", title[:-len(other)]):
                 title = other  # "Kicker: Headline"
     cuts = [m for m in TITLE_SEPARATOR.finditer(title)]
-    for i, m in enumerate(cuts):
-        segment = title[m.end():cuts[i + 1].start() if i + 1 < len(cuts) else len(title)]
-        if m.start() > 0 and _is_site(segment, keys):
-            return title[:m.start()].strip()
+    ends = [m.end() for m in cuts]
+    segments = [title[a:b.start()] for a, b in zip([0, *ends], cuts)] + [title[ends[-1] if ends else 0:]]
+    for i in range(1, len(segments)):
+        if _is_site(segments[i], keys):
+            first = i  # a short section name may sit between headline and site: "Headline | City | Site"
+            while first > 1 and len(segments[first - 1]) <= 25:
+                first -= 1
+            return title[:cuts[first - 1].start()].strip()
     return title
 
 

@@ -2,6 +2,7 @@
 
 trafilatura (fast, two passes) finds the main text; around it we
 - put back the lead/standfirst that sits above the article container (``lead``),
+- add the paragraphs of sibling containers the body continues in,
 - run a second, non-fast pass when the text is short against the page's paragraphs,
 - fall back to JSON-LD ``articleBody`` and to text held in script JSON (``__NEXT_DATA__``-style state)
   when the page renders its article with JavaScript,
@@ -47,7 +48,7 @@ TAIL_MARKER = re.compile(
       | (?:berita|artikel)\s+(?:terkini|terpopuler|terbaru|populer|lainnya|terkait|pilihan|rekomendasi)\s*:?
       | (?:terpopuler|terkini|rekomendasi\s+untuk\s+anda|pilihan\s+untuk\s+anda)
       | (?:related|more|recommended|top|latest|popular)\s+(?:articles|stories|news|reads?|from\s+\w+(?:\s+\w+)?)\s*:?
-      | (?:most\s+(?:read|popular|viewed)|trending(?:\s+now)?|you\s+may\s+(?:also\s+)?like|end\s+of\s+(?:the\s+)?article)\s*:?
+      | (?:most\s+(?:read|popular|viewed)|you\s+may\s+(?:also\s+)?like|end\s+of\s+(?:the\s+)?article)\s*:?
       | (?:das\s+könnte\s+sie\s+auch\s+interessieren|weitere\s+artikel|meistgelesen)\s*:?
       | (?:support|donate\s+to)\s+(?:our|independent)\s+journalism\b.*
       | (?:if\s+you\s+(?:value|appreciate|enjoyed)\b.{0,80}(?:support|donat|subscri)).*
@@ -71,6 +72,7 @@ SHORT_SHARE = 0.3
 LEAD_CLASS = r"(^|[\s_-])(lead|standfirst|intro|summary|subtitle|dek|excerpt|abstract|perex|preface)(text|paragraph)?($|[\s_-])"
 OUTSIDE = "ancestor-or-self::*[self::nav or self::footer or self::aside]"
 EXSLT = {"re": "http://exslt.org/regular-expressions"}
+SENTENCE_END = re.compile(r"[.!?。](?:\s|$)", re.M)
 JSON_STRING = re.compile(r'"((?:[^"\\]|\\.){400,})"')
 
 
@@ -143,10 +145,30 @@ def script_text(tree) -> str:
                     value = "\n".join(_text(p) for p in lxml.html.fromstring(value).xpath("//p"))
                 except (lxml.etree.ParserError, ValueError):
                     continue
-            if len(value) > len(best) and len(value.split()) >= 40 and value.count(". ") >= 2 \
+            if len(value) > len(best) and len(value.split()) >= 40 and len(SENTENCE_END.findall(value)) >= 2 \
                     and not re.search(r'["{}]\s*:|[{}\[\]]\s*$', value, re.M):  # prose, not nested JSON
                 best = value
     return best
+
+
+def sibling_containers(tree, text: str) -> str:
+    """Paragraphs of containers that continue the one the text ends in (same tag and class, later siblings):
+    bodies split around an ad or a figure into several ``<div class="body">``."""
+    lines = text.splitlines()
+    last = norm(lines[-1])[:200] if lines else ""
+    if len(last) < 40:
+        return ""
+    have = set(map(norm, lines))
+    for p in tree.iter("p"):
+        if norm(_text(p))[:200] != last:
+            continue
+        box = p.getparent()
+        if box is None or not box.get("class"):
+            return ""
+        more = [_text(q) for sib in box.itersiblings() if sib.tag == box.tag and sib.get("class") == box.get("class")
+                for q in sib.iter("p") if _text(q) and norm(_text(q)) not in have]
+        return "\n".join(more)
+    return ""
 
 
 def profile_body(tree, xpath: str) -> str:
@@ -183,6 +205,9 @@ def extract_body(html: str | bytes, url: str | None, options: dict[str, Any] | N
             scripted = script_text(tree)
             if len(scripted) > 2 * len(text):
                 text = scripted
+        more = sibling_containers(tree, text)
+        if more:
+            text = f"{text}\n{more}"
         first = lead(tree, text)
         if first:
             text = f"{first}\n{text}"
