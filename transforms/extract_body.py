@@ -6,7 +6,7 @@ trafilatura (fast, two passes) finds the main text; around it we
 - run a second, non-fast pass when the text is short against the page's paragraphs,
 - fall back to JSON-LD ``articleBody`` and to text held in script JSON (``__NEXT_DATA__``-style state)
   when the page renders its article with JavaScript,
-- drop boilerplate lines (Indonesian and international: "Baca Juga", related-story teasers, "Trending",
+- drop lines that are link lists (teasers for other stories) and boilerplate lines (Indonesian and international: "Baca Juga", related-story teasers, "Trending",
   donation appeals) and a leading headline.
 A per-site profile (XPath for the body) replaces all of this for one host.
 """
@@ -26,7 +26,9 @@ BOILERPLATE_LINE = re.compile(
     r"""^(?:
         (?:baca|lihat|simak|cek)\s+(?:juga|pula|selengkapnya|berita\s+lainnya|artikel\s+lainnya)\b.*
       | (?:berita|artikel)\s+(?:terkait|lainnya|pilihan|rekomendasi)\s*:?.*
-      | read\s+(?:also|more)\s*:.* | (?:see|read)\s+also\s*:.* | (?:lesen\s+sie\s+auch|mehr\s+zum\s+thema)\s*:?.*
+      | read\s+(?:also|more)\s*:.* | (?:see|read)\s+also\s*:.* | (?:also|further)\s+read(?:ing)?\s*:.* | (?:lesen\s+sie\s+auch|mehr\s+zum\s+thema)\s*:?.*
+      | (?:czytaj\s+(?:więcej|też|także)|le[ea]\s+(?:más|también)|(?:à\s+)?lire\s+aussi|l[eæ]s\s+også|lees\s+ook
+         |leggi\s+anche|devamını\s+oku|ilgili\s+haber(?:ler)?)\b.{0,160}
       | advertisement | anzeige | werbung | publicidad | iklan | scroll\s+(?:to|untuk)\s+(?:continue|lanjut(?:kan)?)\b.*
       | (?:\(?\s*)?(?:foto|photo|gambar|ilustrasi|image|sumber\s+foto)\s*:.{0,160}
       | (?:editor|penulis|reporter|pewarta|penyunting|redaktur)\s*:.{0,80}
@@ -34,8 +36,9 @@ BOILERPLATE_LINE = re.compile(
       | (?:facebook|twitter|whatsapp|telegram|line|email|copy\s+link|salin\s+tautan)(?:\W+(?:facebook|twitter|whatsapp|telegram|line|email|copy\s+link|salin\s+tautan))*\W*
       | komentar | tinggalkan\s+(?:komentar|balasan)\b.* | \d+\s+komentar | leave\s+a\s+(?:comment|reply)\b.*
       | (?:dapatkan|ikuti)\s+(?:update|berita|informasi)\b.{0,120}(?:google\s+news|whatsapp|telegram|channel).*
-      | tags?\s*:.* | topik\s*:.* | trending(?:\s+now)?\s*:? | end\s+of\s+(?:the\s+)?article
+      | (?:-\s*)?(?:tags?|topik|etiketler|schlagw(?:ö|oe)rter|etiquetas|mots-clés|tagi)\s*:.* | trending(?:\s+now)?\s*:? | end\s+of\s+(?:the\s+)?article
       | (?:sign\s+up|subscribe)\b.{0,80}(?:newsletter|inbox|free)\b.{0,80}
+      | .{0,200}\b(?:we\s+use\s+cookies|(?:may|might)\s+earn\s+(?:an?\s+)?(?:affiliate\s+)?commission)\b.{0,200}
     )$""",
     re.IGNORECASE | re.VERBOSE,
 )
@@ -68,6 +71,9 @@ FALLBACK = {"favor_recall": True, "fast": False, "include_comments": False, "inc
 RECALL_SWITCH = 0.5
 # The non-fast pass runs when the text holds under SHORT_SHARE of the page's paragraph text.
 SHORT_SHARE = 0.3
+# A list item or paragraph with at least this share of its text in links is a teaser, not article text.
+LINKED_SHARE = 0.6
+CAPTION_CLASS = r"(^|[\s_-])(caption|credit|photo-?credit|image-?source)($|[\s_-])"
 # Class/id words of a lead/standfirst block.
 LEAD_CLASS = r"(^|[\s_-])(lead|standfirst|intro|summary|subtitle|dek|excerpt|abstract|perex|preface)(text|paragraph)?($|[\s_-])"
 OUTSIDE = "ancestor-or-self::*[self::nav or self::footer or self::aside]"
@@ -92,10 +98,12 @@ def clean_text(text: str) -> str:
 
 
 def drop_leading_title(text: str, titles: list[str | None]) -> str:
-    """Remove the headline when the extractor kept it as the first line of the body."""
-    wanted = {norm(t) for t in titles if t and t.strip()}
+    """Remove the headline when the extractor kept it as the first line of the body (alone, or with a kicker
+    or section name before it, or a credit after it)."""
+    wanted = {norm(t) for t in titles if t and len(norm(t)) >= 10}
     first, _, rest = text.partition("\n")
-    return rest if wanted and norm(first) in wanted else text
+    line = norm(first)
+    return rest if any(t in line and len(line) <= len(t) + 120 for t in wanted) else text
 
 
 def _run(html: str | bytes, url: str | None, opts: dict[str, Any]) -> str:
@@ -171,6 +179,22 @@ def sibling_containers(tree, text: str) -> str:
     return ""
 
 
+def captions(tree) -> set[str]:
+    """Texts of image captions and credits, which trafilatura sometimes keeps as paragraphs."""
+    return {norm(_text(el)) for el in tree.xpath(f"//figcaption | //*[re:test(@class, '{CAPTION_CLASS}', 'i')]",
+                                                 namespaces=EXSLT)}
+
+
+def link_lines(tree) -> set[str]:
+    """Texts of lists whose items are all mostly link text (3 items or more): teasers for other stories."""
+    out = set()
+    for box in tree.xpath("//ul[count(li) >= 3] | //ol[count(li) >= 3]"):
+        items = [(_text(li), sum(len(_text(a)) for a in li.iter("a"))) for li in box.iterchildren("li")]
+        if all(text and linked >= LINKED_SHARE * len(text) for text, linked in items):
+            out.update(norm(text) for text, _ in items)
+    return out
+
+
 def profile_body(tree, xpath: str) -> str:
     """The body as a per-site profile's XPath selects it: the text of each matched block, in order."""
     return "\n".join(t for el in tree.xpath(xpath) if (t := _text(el) if hasattr(el, "text_content") else
@@ -211,4 +235,6 @@ def extract_body(html: str | bytes, url: str | None, options: dict[str, Any] | N
         first = lead(tree, text)
         if first:
             text = f"{first}\n{text}"
+        teasers = link_lines(tree) | captions(tree)
+        text = "\n".join(line for line in text.splitlines() if norm(line.lstrip("-• ")) not in teasers)
     return drop_leading_title(clean_text(text), list(titles))
