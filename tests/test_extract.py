@@ -256,6 +256,7 @@ def test_jsonld_authors_people_first_split_and_outlet_only_as_last_resort():
     assert authors({**art, "author": {"@type": "Person", "name": "Ana Silva und Tom Berg, dpa"}}) == \
         ["Ana Silva", "Tom Berg", "dpa"]
     assert authors({**art, "author": {"@type": "Organization", "name": "Example Herald"}}) == ["Example Herald"]
+    assert authors({**art, "author": {"@type": "Person", "name": "ana-silva"}}) == ["Ana Silva"]
 
 
 def test_site_profile_overrides_body_title_and_date():

@@ -163,7 +163,7 @@ def clean_title(title: str, keys: set[str], others: list[str | None] = ()) -> st
 
 
 def clean_authors(names: list[str], keys: set[str]) -> list[str]:
-    """Split joined bylines ("A und B, dpa"), drop lead words and the site's own name."""
+    """Split joined bylines ("A und B, dpa"), drop lead words and the site's own name, spell out slugs."""
     out: list[str] = []
     for name in names:
         name = BYLINE_PREFIX.sub("", " ".join(html_lib.unescape(name).split()))
@@ -171,6 +171,8 @@ def clean_authors(names: list[str], keys: set[str]) -> list[str]:
             continue
         for part in AUTHOR_JOINT.split(name):
             part = BYLINE_PREFIX.sub("", part.strip(" .-–—"))
+            if re.fullmatch(r"[a-z]+(?:-[a-z]+)+", part):  # a URL slug: "chuck-ross"
+                part = part.replace("-", " ").title()
             if part and _squash(part) and not _is_site(part, keys) and part not in out:
                 out.append(part)
     return out

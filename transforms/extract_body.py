@@ -73,11 +73,12 @@ RECALL_SWITCH = 0.5
 SHORT_SHARE = 0.3
 # A list item or paragraph with at least this share of its text in links is a teaser, not article text.
 LINKED_SHARE = 0.6
-CAPTION_CLASS = r"(^|[\s_-])(caption|credit|photo-?credit|image-?source)($|[\s_-])"
+CAPTION_WORDS = ("caption", "credit")
+CAPTION_CLASS = rf"(^|[\s_-])({'|'.join(CAPTION_WORDS)})($|[\s_-])"
 # Class/id words of a lead/standfirst block.
-LEAD_CLASS = r"(^|[\s_-])(lead|standfirst|intro|summary|subtitle|dek|excerpt|abstract|perex|preface)(text|paragraph)?($|[\s_-])"
+LEAD_WORDS = ("lead", "standfirst", "intro", "summary", "subtitle", "dek", "excerpt", "abstract", "perex", "preface")
+LEAD_CLASS = rf"(^|[\s_-])({'|'.join(LEAD_WORDS)})(text|paragraph)?($|[\s_-])"
 OUTSIDE = "ancestor-or-self::*[self::nav or self::footer or self::aside]"
-EXSLT = {"re": "http://exslt.org/regular-expressions"}
 SENTENCE_END = re.compile(r"[.!?。](?:\s|$)", re.M)
 JSON_STRING = re.compile(r'"((?:[^"\\]|\\.){400,})"')
 
@@ -120,13 +121,19 @@ def paragraph_chars(tree) -> int:
     return sum(len(_text(p)) for p in tree.xpath(f"//p[not({OUTSIDE})]") if len(_text(p)) >= 40)
 
 
+def _class_has(words: tuple[str, ...]) -> str:
+    """A fast XPath pre-filter: the class attribute contains one of ``words`` (any case); the exact class
+    regex is then checked in Python on the few elements that pass."""
+    lower = "translate(@class, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')"
+    return " or ".join(f"contains({lower}, '{w}')" for w in words)
+
+
 def lead(tree, text: str) -> str | None:
     """The standfirst above the article text: a lead-classed block, or the block og:description quotes."""
     have = norm(text[:3000])
     desc = tree.xpath('//meta[@property="og:description" or @name="description"]/@content')
     desc = norm(desc[0])[:80] if desc else ""
-    for el in tree.xpath(f"//body//*[self::p or re:test(@class, '{LEAD_CLASS}', 'i')][not({OUTSIDE})]",
-                         namespaces=EXSLT):
+    for el in tree.xpath(f"//body//*[self::p or {_class_has(LEAD_WORDS)}][not({OUTSIDE})]"):
         words = norm(_text(el))
         if not 40 <= len(words) <= 800 or el.xpath(".//p[string-length(normalize-space()) > 40] | .//script"):
             continue
@@ -181,8 +188,8 @@ def sibling_containers(tree, text: str) -> str:
 
 def captions(tree) -> set[str]:
     """Texts of image captions and credits, which trafilatura sometimes keeps as paragraphs."""
-    return {norm(_text(el)) for el in tree.xpath(f"//figcaption | //*[re:test(@class, '{CAPTION_CLASS}', 'i')]",
-                                                 namespaces=EXSLT)}
+    return {norm(_text(el)) for el in tree.xpath(f"//figcaption | //*[{_class_has(CAPTION_WORDS)}]")
+            if el.tag == "figcaption" or re.search(CAPTION_CLASS, el.get("class", ""), re.I)}
 
 
 def link_lines(tree) -> set[str]:
