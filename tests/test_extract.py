@@ -278,3 +278,34 @@ def test_site_profile_overrides_body_title_and_date():
     assert other["published_at"] != row["published_at"]
     with pytest.raises(ValueError):
         SiteProfile(body="//p[")
+
+
+def test_published_time_sources_and_time_zones():
+    import lxml.html
+
+    def published(head: str, body: str = "") -> datetime | None:
+        return read_meta(lxml.html.fromstring(f"<html><head>{head}</head><body>{body}</body></html>"),
+                         "https://x.example/a").published_at
+
+    at = datetime(2024, 4, 26, 18, 44, tzinfo=timezone.utc)
+    ld = '{"@type": "NewsArticle", "datePublished": "2024-04-26T20:44:00+0200"}'
+    # JSON-LD wrapped in a CDATA comment, or nested as the page's mainEntity
+    assert published(f'<script type="application/ld+json">//<![CDATA[\n{ld}\n//]]></script>') == at
+    assert published('<script type="application/ld+json">{"@type": "WebPage", "mainEntity": ' + ld + "}</script>") == at
+    # a JSON-LD time without zone takes the offset of the same time in a meta tag
+    naive = '<script type="application/ld+json">{"@type": "NewsArticle", "datePublished": "2024-04-26 20:44:00.0"}</script>'
+    assert published(naive + '<meta name="date" content="2024-04-26T20:44:00+02:00">') == at
+    assert published(naive) == datetime(2024, 4, 26, 20, 44, tzinfo=timezone.utc)  # nothing to go by: UTC
+    # microdata, a <time> with a time of day (not in navigation), script state
+    assert published("", '<time itemprop="datePublished" datetime="2024-04-26T20:44+0200">26 April</time>') == at
+    assert published("", '<aside><time datetime="2023-01-01T10:00Z">x</time></aside>'
+                         '<time datetime="2024-04-26 20:44:00+02:00">26.04.2024, 20:44</time>') == at
+    assert published('<script>var meta = {"section": "City", "publishtime": "2024-04-26T20:44:00+0200"};</script>') == at
+
+
+def test_title_drops_a_kicker_the_social_title_leaves_out():
+    import lxml.html
+    ld = '<script type="application/ld+json">{"@type": "NewsArticle", "headline": "City transport: Night buses for the north"}</script>'
+    tree = lxml.html.fromstring(f'<html><head>{ld}<meta property="og:title" content="Night buses for the north">'
+                                "</head><body><h1>City transport: Night buses for the north</h1></body></html>")
+    assert read_meta(tree, "https://x.example/").title == "Night buses for the north"

@@ -26,6 +26,7 @@ from trafilatura.metadata import extract_author
 from dateutil import parser as dateparser
 
 from transforms.extract_body import clean_text, extract_body  # noqa: F401 (clean_text: public here too)
+from transforms.extract_meta import published_time
 from transforms.outputs import split
 from transforms.records import error_from
 from transforms.urls import article_id, normalize_url
@@ -73,11 +74,14 @@ def plausible(dt: datetime | None, fetched_at: datetime) -> datetime | None:
     return dt
 
 
+CDATA = re.compile(r"^\s*(?://\s*)?<!\[CDATA\[|(?://\s*)?\]\]>\s*$")
+
+
 def _jsonld_objects(tree) -> list[dict]:
     out: list[dict] = []
     for node in tree.xpath('//script[@type="application/ld+json"]/text()'):
         try:
-            data = json.loads(node)
+            data = json.loads(CDATA.sub("", node))
         except (ValueError, TypeError):
             continue
         stack = data if isinstance(data, list) else [data]
@@ -85,7 +89,7 @@ def _jsonld_objects(tree) -> list[dict]:
             item = stack.pop()
             if isinstance(item, dict):
                 out.append(item)
-                stack.extend(v for k, v in item.items() if k == "@graph" and isinstance(v, list))
+                stack.extend(v for k, v in item.items() if k in ("@graph", "mainEntity") and isinstance(v, (list, dict)))
             elif isinstance(item, list):
                 stack.extend(item)
     return out
@@ -204,14 +208,8 @@ def read_meta(tree, base_url: str) -> PageMeta:
             canonical = None
 
     articles = [o for o in _jsonld_objects(tree)
-                if any(t in str(o.get("@type", "")) for t in ("Article", "Posting", "Report"))]
-    published = None
-    for obj in articles:
-        published = parse_datetime(obj.get("datePublished"))
-        if published:
-            break
-    published = published or parse_datetime(meta("article:published_time", "datePublished", "pubdate",
-                                                 "publishdate", "date", "dc.date", "DC.date.issued"))
+                if any(t in str(o.get("@type", "")) for t in ("Article", "Posting", "Report", "Review"))]
+    published = published_time(tree, articles, meta)
     keys = site_keys(tree, base_url, next((o.get("publisher") for o in articles if o.get("publisher")), None))
     # People first (JSON-LD, meta, then the visible byline); the outlet's own name only when no one is named.
     a = meta("author", "article:author")
@@ -221,12 +219,13 @@ def read_meta(tree, base_url: str) -> PageMeta:
                or clean_authors([n for obj in articles for n in _names(obj.get("author"))] or a, set()))
     headline = next((o["headline"] for o in articles if isinstance(o.get("headline"), str) and o["headline"].strip()), None)
     h1 = _first_h1(tree)
-    title = headline or meta("og:title", "twitter:title") or h1 or (tree.findtext(".//title") or "").strip() or None
+    social = meta("og:title", "twitter:title")
+    title = headline or social or h1 or (tree.findtext(".//title") or "").strip() or None
     lang = tree.xpath("/html/@lang")
     return PageMeta(
         canonical_url=canonical,
         published_at=published,
-        title=clean_title(title, keys, [h1]) if title else None,
+        title=clean_title(title, keys, [h1, social]) if title else None,
         authors=authors,
         image=meta("og:image", "twitter:image"),
         language=(lang[0].split("-")[0].lower() if lang and lang[0].strip() else None),
