@@ -309,3 +309,35 @@ def test_title_drops_a_kicker_the_social_title_leaves_out():
     tree = lxml.html.fromstring(f'<html><head>{ld}<meta property="og:title" content="Night buses for the north">'
                                 "</head><body><h1>City transport: Night buses for the north</h1></body></html>")
     assert read_meta(tree, "https://x.example/").title == "Night buses for the north"
+
+
+def test_authors_from_agencies_name_parts_visible_bylines_and_not_buttons():
+    import lxml.html
+
+    def authors(head: str, body: str = "") -> list[str]:
+        tree = lxml.html.fromstring(f'<html><head><meta property="og:site_name" content="Example Herald">{head}</head>'
+                                    f"<body>{body}</body></html>")
+        return read_meta(tree, "https://exampleherald.example/a").authors
+
+    def ld(author) -> str:
+        return f'<script type="application/ld+json">{json.dumps({"@type": "NewsArticle", "author": author})}</script>'
+
+    # a news agency named beside the reporter is kept; a person given as givenName/familyName is joined
+    assert authors(ld([{"@type": "Person", "name": "Ana Silva"}, {"@type": "Organization", "name": "AP"}])) == \
+        ["Ana Silva", "AP"]
+    assert authors(ld([{"@type": "Person", "givenName": "Anna Maria", "familyName": "Berg"}])) == ["Anna Maria Berg"]
+    # meta author is the outlet, article:author the reporter
+    assert authors('<meta name="author" content="Example Herald"><meta name="article:author" content="Tom Berg">') == \
+        ["Tom Berg"]
+    # visible bylines when nothing machine-readable names a person
+    assert authors("", "<article><p>von <a href='/autoren/tom-berg'>Dr. Tom Berg</a></p><p>Text.</p></article>") == \
+        ["Dr. Tom Berg"]
+    assert authors("", "<ul><li><strong>Autorin/Autor</strong> Ana Silva</li></ul>") == ["Ana Silva"]
+    # a brand before the byline word, a reporter title after the name, a follow button, a source credit
+    assert authors('<meta name="author" content="Weekend von Ana Silva">') == ["Ana Silva"]
+    assert authors('<meta name="author" content="Ursula von der Leyen">') == ["Ursula von der Leyen"]
+    assert authors('<meta name="author" content="김하나 기자">') == ["김하나"]
+    assert authors('<meta name="author" content="Folgen">' + ld({"@type": "Organization", "name": "Example Herald"})) \
+        == ["Example Herald"]
+    assert authors('<meta name="author" content="Quelle: dpa">' + ld({"@type": "Organization", "name": "Example Herald"})) \
+        == ["Example Herald"]

@@ -26,7 +26,7 @@ from trafilatura.metadata import extract_author
 from dateutil import parser as dateparser
 
 from transforms.extract_body import clean_text, extract_body  # noqa: F401 (clean_text: public here too)
-from transforms.extract_meta import published_time
+from transforms.extract_meta import byline, published_time
 from transforms.outputs import split
 from transforms.records import error_from
 from transforms.urls import article_id, normalize_url
@@ -98,8 +98,9 @@ def _jsonld_objects(tree) -> list[dict]:
 def _names(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
-    if isinstance(value, dict):
-        return _names(value.get("name"))
+    if isinstance(value, dict):  # {"name": …} or schema.org's {"givenName": …, "familyName": …}
+        return _names(value.get("name") or " ".join(v for v in (value.get("givenName"), value.get("familyName"))
+                                                     if isinstance(v, str)))
     if isinstance(value, list):
         return [n for v in value for n in _names(v)]
     return []
@@ -117,6 +118,14 @@ def _first_h1(tree) -> str | None:
 TITLE_SEPARATOR = re.compile(r"\s+[|\-–—*·•»]\s+|\s*[|ㅣ]\s*")
 # A byline's lead word ("By", "Von", "Autor:") and the joints between several names.
 BYLINE_PREFIX = re.compile(r"^(?:by|von|van|de|por|par|af|av|autor(?:in)?|author|text|written\s+by)\b[:\s]*", re.I)
+# A lead before the byline word: "Capital von Jemima Kelly" (a brand), not "Ursula von der Leyen".
+BYLINE_INSIDE = re.compile(r"^(?:\S+\s+){1,2}(?:[Bb]y|[Vv]on|[Pp]ar|[Pp]or)\s+(?=[A-ZÀ-ÖØ-Þ])")
+# A title after the name ("신현주 기자": reporter) and a source credit ("Quelle: dpa"), which names no author.
+BYLINE_SUFFIX = re.compile(r"\s+(?:기자|記者|특파원)$")
+SOURCE_CREDIT = re.compile(r"^(?:quelle|source|fuente|fonte|kaynak|sumber|źródło|bron)\b", re.I)
+# Buttons and labels that byline finders pick up next to an author's name.
+NOT_NAMES = {"follow", "folgen", "suivre", "seguir", "segui", "volgen", "følg", "ikuti", "subscribe", "abonnieren", "more",
+             "mehr", "profile", "profil"}
 AUTHOR_JOINT = re.compile(r"\s*(?:[,;/]|\s(?:and|und|og|och|y|et|e|en|ve|i)\s|&)\s*", re.I)
 
 
@@ -170,25 +179,17 @@ def clean_authors(names: list[str], keys: set[str]) -> list[str]:
     """Split joined bylines ("A und B, dpa"), drop lead words and the site's own name, spell out slugs."""
     out: list[str] = []
     for name in names:
-        name = BYLINE_PREFIX.sub("", " ".join(html_lib.unescape(name).split()))
-        if re.search(r"\(|https?:|www\.", name):
+        name = BYLINE_INSIDE.sub("", BYLINE_PREFIX.sub("", " ".join(html_lib.unescape(name).split())))
+        if re.search(r"\(|https?:|www\.", name) or SOURCE_CREDIT.match(name):
             continue
         for part in AUTHOR_JOINT.split(name):
-            part = BYLINE_PREFIX.sub("", part.strip(" .-–—"))
+            part = BYLINE_SUFFIX.sub("", BYLINE_PREFIX.sub("", part.strip(" .-–—")))
             if re.fullmatch(r"[a-z]+(?:-[a-z]+)+", part):  # a URL slug: "chuck-ross"
                 part = part.replace("-", " ").title()
-            if part and _squash(part) and not _is_site(part, keys) and part not in out:
+            if part and _squash(part) and not _is_site(part, keys) and part.casefold() not in NOT_NAMES \
+                    and part not in out:
                 out.append(part)
     return out
-
-
-def _person_names(value: Any) -> list[str]:
-    """Author names from JSON-LD, leaving out organisations."""
-    if isinstance(value, list):
-        return [n for v in value for n in _person_names(v)]
-    if isinstance(value, dict) and "Organization" in str(value.get("@type", "")):
-        return []
-    return _names(value)
 
 
 def read_meta(tree, base_url: str) -> PageMeta:
@@ -211,12 +212,13 @@ def read_meta(tree, base_url: str) -> PageMeta:
                 if any(t in str(o.get("@type", "")) for t in ("Article", "Posting", "Report", "Review"))]
     published = published_time(tree, articles, meta)
     keys = site_keys(tree, base_url, next((o.get("publisher") for o in articles if o.get("publisher")), None))
-    # People first (JSON-LD, meta, then the visible byline); the outlet's own name only when no one is named.
-    a = meta("author", "article:author")
-    a = [a] if a and not a.startswith("http") else []
-    authors = (clean_authors([n for obj in articles for n in _person_names(obj.get("author"))], keys)
-               or clean_authors(a, keys) or clean_authors([extract_author(tree) or ""], keys)
-               or clean_authors([n for obj in articles for n in _names(obj.get("author"))] or a, set()))
+    # JSON-LD authors (people and agencies), meta, then the visible byline; the outlet's own name only when no
+    # one else is named.
+    a = [v.strip() for v in tree.xpath('//meta[@name="author" or @property="author" or @name="article:author" or '
+                                       '@property="article:author"]/@content') if v.strip() and "://" not in v]
+    ld_names = [n for obj in articles for n in _names(obj.get("author"))]
+    authors = (clean_authors(ld_names, keys) or clean_authors(a, keys) or clean_authors([extract_author(tree) or ""], keys)
+               or clean_authors([byline(tree) or ""], keys) or clean_authors(ld_names or a, set()))
     headline = next((o["headline"] for o in articles if isinstance(o.get("headline"), str) and o["headline"].strip()), None)
     h1 = _first_h1(tree)
     social = meta("og:title", "twitter:title")

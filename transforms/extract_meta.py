@@ -58,3 +58,19 @@ def published_time(tree, articles: list[dict], meta) -> datetime | None:
                       and abs(d.replace(tzinfo=None) - first) <= timedelta(days=1)), None)
         first = first.replace(tzinfo=zoned.tzinfo if zoned else timezone.utc)
     return first.astimezone(timezone.utc) if first is not None else None
+
+
+# A visible byline: "By Ana Silva", "von <a>Dr. Tom Berg</a>", "<strong>Author</strong> Ana Silva" (short blocks only).
+BYLINE = re.compile(r"^(?:by|von|par|por|door|av|af|di|autor(?:in)?(?:/autor)?|authors?|written\s+by|penulis|reporter)"
+                    r"\s*:?\s+(\S.{2,80})$", re.I)
+BYLINE_BLOCKS = (f"//body//*[self::p or self::li or self::span or self::div][not({OUTSIDE})]"
+                 "[string-length(normalize-space()) < 90][.//a or ./strong or ./b]")
+
+
+def byline(tree) -> str | None:
+    """The first short block that reads as a byline (lead word, then one or more names): its names."""
+    for el in tree.xpath(BYLINE_BLOCKS):
+        found = BYLINE.match(" ".join(el.text_content().split()))
+        if found and not re.search(r"\d{2}", found.group(1)):
+            return found.group(1)
+    return None
