@@ -19,10 +19,10 @@ from urllib.parse import urljoin, urlsplit
 
 import apache_beam as beam
 import htmldate
-import lxml.html
 import py3langid
 from trafilatura.meta import reset_caches
 from trafilatura.metadata import extract_author
+from trafilatura.utils import load_html
 from dateutil import parser as dateparser
 
 from transforms.extract_body import clean_text, extract_body  # noqa: F401 (clean_text: public here too)
@@ -275,10 +275,9 @@ def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict
     if not html or not html.strip():
         raise ValueError("empty page")
     final_url = page.get("final_url") or page["url"]
-    try:
-        tree = lxml.html.fromstring(html)
-    except (lxml.etree.ParserError, ValueError) as e:
-        raise ValueError(f"unparseable HTML: {e}") from None
+    tree = load_html(html)  # trafilatura's parser: one tree for the metadata, the body and every trafilatura pass
+    if tree is None:
+        raise ValueError("unparseable HTML")
     meta = read_meta(tree, final_url)
     profile = site_profile(profiles, final_url)
     if profile:

@@ -19,6 +19,7 @@ from typing import Any
 
 import lxml.html
 import trafilatura
+from trafilatura.utils import load_html
 
 # Lines that are never article text on news pages. Matched case-insensitively against a whole line
 # after trimming.
@@ -74,10 +75,11 @@ SHORT_SHARE = 0.3
 # A list item or paragraph with at least this share of its text in links is a teaser, not article text.
 LINKED_SHARE = 0.6
 CAPTION_WORDS = ("caption", "credit")
-CAPTION_CLASS = rf"(^|[\s_-])({'|'.join(CAPTION_WORDS)})($|[\s_-])"
+CAPTION_CLASS = re.compile(rf"(^|[\s_-])({'|'.join(CAPTION_WORDS)})($|[\s_-])", re.I)
 # Class/id words of a lead/standfirst block.
 LEAD_WORDS = ("lead", "standfirst", "intro", "summary", "subtitle", "dek", "excerpt", "abstract", "perex", "preface")
 LEAD_CLASS = rf"(^|[\s_-])({'|'.join(LEAD_WORDS)})(text|paragraph)?($|[\s_-])"
+OUTSIDE_TAGS = {"nav", "footer", "aside"}
 OUTSIDE = "ancestor-or-self::*[self::nav or self::footer or self::aside]"
 SENTENCE_END = re.compile(r"[.!?。](?:\s|$)", re.M)
 JSON_STRING = re.compile(r'"((?:[^"\\]|\\.){400,})"')
@@ -107,8 +109,8 @@ def drop_leading_title(text: str, titles: list[str | None]) -> str:
     return rest if any(t in line and len(line) <= len(t) + 120 for t in wanted) else text
 
 
-def _run(html: str | bytes, url: str | None, opts: dict[str, Any]) -> str:
-    doc = trafilatura.bare_extraction(html, url=url, **opts)
+def _run(page, url: str | None, opts: dict[str, Any]) -> str:
+    doc = trafilatura.bare_extraction(page, url=url, **opts)
     return (doc.as_dict().get("text") if doc is not None else None) or ""
 
 
@@ -121,11 +123,9 @@ def paragraph_chars(tree) -> int:
     return sum(len(_text(p)) for p in tree.xpath(f"//p[not({OUTSIDE})]") if len(_text(p)) >= 40)
 
 
-def _class_has(words: tuple[str, ...]) -> str:
-    """A fast XPath pre-filter: the class attribute contains one of ``words`` (any case); the exact class
-    regex is then checked in Python on the few elements that pass."""
-    lower = "translate(@class, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')"
-    return " or ".join(f"contains({lower}, '{w}')" for w in words)
+def _outside(el) -> bool:
+    """In navigation, a footer or an aside (the element itself or an ancestor)."""
+    return el.tag in OUTSIDE_TAGS or any(a.tag in OUTSIDE_TAGS for a in el.iterancestors())
 
 
 def lead(tree, text: str) -> str | None:
@@ -133,7 +133,11 @@ def lead(tree, text: str) -> str | None:
     have = norm(text[:3000])
     desc = tree.xpath('//meta[@property="og:description" or @name="description"]/@content')
     desc = norm(desc[0])[:80] if desc else ""
-    for el in tree.xpath(f"//body//*[self::p or {_class_has(LEAD_WORDS)}][not({OUTSIDE})]"):
+    body = tree.find(".//body")
+    for el in body.iterdescendants() if body is not None else ():
+        cls = (el.get("class") or "").lower()
+        if el.tag != "p" and not any(w in cls for w in LEAD_WORDS) or _outside(el):
+            continue
         words = norm(_text(el))
         if not 40 <= len(words) <= 800 or el.xpath(".//p[string-length(normalize-space()) > 40] | .//script"):
             continue
@@ -188,8 +192,8 @@ def sibling_containers(tree, text: str) -> str:
 
 def captions(tree) -> set[str]:
     """Texts of image captions and credits, which trafilatura sometimes keeps as paragraphs."""
-    return {norm(_text(el)) for el in tree.xpath(f"//figcaption | //*[{_class_has(CAPTION_WORDS)}]")
-            if el.tag == "figcaption" or re.search(CAPTION_CLASS, el.get("class", ""), re.I)}
+    return {norm(_text(el)) for el in tree.xpath("//figcaption | //*[@class]")
+            if el.tag == "figcaption" or CAPTION_CLASS.search(el.get("class"))}
 
 
 def link_lines(tree) -> set[str]:
@@ -214,24 +218,22 @@ def extract_body(html: str | bytes, url: str | None, options: dict[str, Any] | N
 
     ``options`` (trafilatura keyword arguments) replace our strategy with a single trafilatura pass.
     ``titles`` are headlines known from elsewhere (feed, meta tags), dropped if the body starts with one.
-    ``tree`` is the page parsed by lxml (parsed here when not given); ``body_xpath`` a per-site profile.
+    ``tree`` is the page parsed by ``trafilatura.utils.load_html`` (parsed here when not given); ``body_xpath`` a per-site profile.
     """
     if tree is None:
-        try:
-            tree = lxml.html.fromstring(html)
-        except (lxml.etree.ParserError, ValueError):
-            tree = None
+        tree = load_html(html)
+    page = html if tree is None else tree  # trafilatura copies a tree it is given, so it is parsed only once
     if body_xpath and tree is not None:
         return drop_leading_title(clean_text(profile_body(tree, body_xpath)), list(titles))
     if options:
-        return drop_leading_title(clean_text(_run(html, url, options)), list(titles))
-    text, broad = _run(html, url, PRECISE), _run(html, url, BROAD)
+        return drop_leading_title(clean_text(_run(page, url, options)), list(titles))
+    text, broad = _run(page, url, PRECISE), _run(page, url, BROAD)
     if len(text) < RECALL_SWITCH * len(broad):
         text = broad
     if tree is not None:
         visible = paragraph_chars(tree)
         if len(text) < SHORT_SHARE * visible:
-            text = max(text, _run(html, url, FALLBACK), key=len)
+            text = max(text, _run(page, url, FALLBACK), key=len)
         if len(text) < SHORT_SHARE * visible or len(text) < 400:
             scripted = script_text(tree)
             if len(scripted) > 2 * len(text):
