@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 import lxml.html
+from lxml.etree import strip_tags
 import trafilatura
 from trafilatura.utils import load_html
 
@@ -40,6 +41,14 @@ BOILERPLATE_LINE = re.compile(
       | (?:-\s*)?(?:tags?|topik|etiketler|schlagw(?:ö|oe)rter|etiquetas|mots-clés|tagi)\s*:.* | trending(?:\s+now)?\s*:? | end\s+of\s+(?:the\s+)?article
       | (?:sign\s+up|subscribe)\b.{0,80}(?:newsletter|inbox|free)\b.{0,80}
       | .{0,200}\b(?:we\s+use\s+cookies|(?:may|might)\s+earn\s+(?:an?\s+)?(?:affiliate\s+)?commission)\b.{0,200}
+      | article\s+content | recommended\s+videos | read\s+next\b:?.{0,160} | most\s+read(?:\s+in\s+\w+)? | popular
+      | auch\s+interessant | passer\s+la\s+publicit[ée] | hauptinhalt | fehler\s+gefunden\?\s*jetzt\s+melden\.?
+      | (?:lesedauer|reading\s+time|temps\s+de\s+lecture|tiempo\s+de\s+lectura)\s*:?\s*\d+\s*\w+\.?
+      | (?:got|do\s+you\s+have)\s+a\s+story(?:\s+to\s+tell)?\?.* | get\s+in\s+touch\s+with\s+our\s+news\s+team\b.*
+      | for\s+more\s+stories\s+like\s+this\b.{0,80} | follow\s+\S+(?:\s+\S+)?\s+on\s+(?:twitter|facebook|instagram|x)\b.*
+      | more\s+:\s.{0,160} | funda\s+olunye\s+udaba\b.{0,160} | 기사\s*URL이\s*복사되었습니다\.? | 完了しました
+      | empfohlener\s+redaktioneller\s+inhalt | an\s+dieser\s+stelle\s+finden\s+sie\s+einen\b.{0,80}externen\s+inhalt\b.*
+      | ich\s+bin\s+damit\s+einverstanden,\s+dass\s+mir\s+(?:der\s+)?externe[rn]?\s+inhalt\b.*
     )$""",
     re.IGNORECASE | re.VERBOSE,
 )
@@ -81,6 +90,9 @@ LEAD_WORDS = ("lead", "standfirst", "intro", "summary", "subtitle", "dek", "exce
 LEAD_CLASS = rf"(^|[\s_-])({'|'.join(LEAD_WORDS)})(text|paragraph)?($|[\s_-])"
 OUTSIDE_TAGS = {"nav", "footer", "aside"}
 OUTSIDE = "ancestor-or-self::*[self::nav or self::footer or self::aside]"
+# Social posts embedded in an article (tweets, Instagram, TikTok, WordPress post cards).
+EMBEDS = "//blockquote[" + " or ".join(f"contains(@class, '{c}')" for c in (
+    "twitter-tweet", "instagram-media", "tiktok-embed", "wp-embedded-content", "bluesky-embed", "threads-embed")) + "]"
 SENTENCE_END = re.compile(r"[.!?。](?:\s|$)", re.M)
 JSON_STRING = re.compile(r'"((?:[^"\\]|\\.){400,})"')
 
@@ -126,6 +138,14 @@ def paragraph_chars(tree) -> int:
 def _outside(el) -> bool:
     """In navigation, a footer or an aside (the element itself or an ancestor)."""
     return el.tag in OUTSIDE_TAGS or any(a.tag in OUTSIDE_TAGS for a in el.iterancestors())
+
+
+def prepare(tree) -> None:
+    """Before extraction: drop embedded social posts (quoted from elsewhere, not the article's text) and
+    unwrap ruby annotations so that a reading stays inline with the word it glosses."""
+    for el in tree.xpath(EMBEDS):
+        el.drop_tree()  # keeps the text that follows the embed
+    strip_tags(tree, "ruby", "rb", "rp", "rt", "rtc")
 
 
 def lead(tree, text: str) -> str | None:
@@ -227,6 +247,8 @@ def extract_body(html: str | bytes, url: str | None, options: dict[str, Any] | N
         return drop_leading_title(clean_text(profile_body(tree, body_xpath)), list(titles))
     if options:
         return drop_leading_title(clean_text(_run(page, url, options)), list(titles))
+    if tree is not None:
+        prepare(tree)
     text, broad = _run(page, url, PRECISE), _run(page, url, BROAD)
     if len(text) < RECALL_SWITCH * len(broad):
         text = broad
