@@ -90,9 +90,9 @@ LEAD_WORDS = ("lead", "standfirst", "intro", "summary", "subtitle", "dek", "exce
 LEAD_CLASS = rf"(^|[\s_-])({'|'.join(LEAD_WORDS)})(text|paragraph)?($|[\s_-])"
 OUTSIDE_TAGS = {"nav", "footer", "aside"}
 OUTSIDE = "ancestor-or-self::*[self::nav or self::footer or self::aside]"
-# Social posts embedded in an article (tweets, Instagram, TikTok, WordPress post cards).
-EMBEDS = "//blockquote[" + " or ".join(f"contains(@class, '{c}')" for c in (
-    "twitter-tweet", "instagram-media", "tiktok-embed", "wp-embedded-content", "bluesky-embed", "threads-embed")) + "]"
+# Cards that embed another post of the site (a teaser with a link, not text of this article). Quoted social
+# posts (tweets, Instagram) stay: they are often the statement the story reports (and benchmark truth keeps them).
+EMBEDS = "//blockquote[contains(@class, 'wp-embedded-content')]"
 SENTENCE_END = re.compile(r"[.!?。](?:\s|$)", re.M)
 JSON_STRING = re.compile(r'"((?:[^"\\]|\\.){400,})"')
 
@@ -141,8 +141,8 @@ def _outside(el) -> bool:
 
 
 def prepare(tree) -> None:
-    """Before extraction: drop embedded social posts (quoted from elsewhere, not the article's text) and
-    unwrap ruby annotations so that a reading stays inline with the word it glosses."""
+    """Before extraction: drop embedded post cards and unwrap ruby annotations, so that a reading stays inline
+    with the word it glosses."""
     for el in tree.xpath(EMBEDS):
         el.drop_tree()  # keeps the text that follows the embed
     strip_tags(tree, "ruby", "rb", "rp", "rt", "rtc")
