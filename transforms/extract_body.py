@@ -217,8 +217,9 @@ def captions(tree) -> set[str]:
 
 
 def link_lines(tree) -> set[str]:
-    """Texts of lists whose items are all mostly link text (3 items or more): teasers for other stories."""
-    out = set()
+    """Texts of lists whose items are all mostly link text (3 items or more), and paragraphs inside a link
+    (a story card: headline, date and summary all one link): teasers for other stories."""
+    out = {norm(_text(p)) for p in tree.xpath("//a//p")}
     for box in tree.xpath("//ul[count(li) >= 3] | //ol[count(li) >= 3]"):
         items = [(_text(li), sum(len(_text(a)) for a in li.iter("a"))) for li in box.iterchildren("li")]
         if all(text and linked >= LINKED_SHARE * len(text) for text, linked in items):
