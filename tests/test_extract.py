@@ -358,3 +358,9 @@ def test_embedded_post_cards_and_ui_labels_are_dropped_ruby_readings_stay_inline
             "発表した。利用者の多い北部の地区から運行を始め、春までに全ての区に広げる計画だという。</p>")
     text = extract_article(page(story(ruby * 4, paras(PARAS)), url="https://news.example/jp/1"))["text"]
     assert "東京都の 知事（ちじ） は三日" in text
+
+
+def test_text_after_an_empty_bold_tag_is_kept():
+    items = [f"<p><b>{1920 + i}:</b> <b></b>{p}</p>" for i, p in enumerate(PARAS)]
+    text = extract_article(en_page(story(*items)))["text"]
+    assert all(p in text for p in PARAS)

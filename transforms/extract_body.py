@@ -93,6 +93,7 @@ OUTSIDE = "ancestor-or-self::*[self::nav or self::footer or self::aside]"
 # Cards that embed another post of the site (a teaser with a link, not text of this article). Quoted social
 # posts (tweets, Instagram) stay: they are often the statement the story reports (and benchmark truth keeps them).
 EMBEDS = "//blockquote[contains(@class, 'wp-embedded-content')]"
+EMPTY_INLINE = "//*[self::b or self::strong or self::i or self::em][not(node())]"
 SENTENCE_END = re.compile(r"[.!?。](?:\s|$)", re.M)
 JSON_STRING = re.compile(r'"((?:[^"\\]|\\.){400,})"')
 
@@ -141,10 +142,12 @@ def _outside(el) -> bool:
 
 
 def prepare(tree) -> None:
-    """Before extraction: drop embedded post cards and unwrap ruby annotations, so that a reading stays inline
-    with the word it glosses."""
+    """Before extraction: drop embedded post cards and empty bold/italic tags, and unwrap ruby annotations so
+    that a reading stays inline with the word it glosses."""
     for el in tree.xpath(EMBEDS):
         el.drop_tree()  # keeps the text that follows the embed
+    for el in tree.xpath(EMPTY_INLINE):
+        el.drop_tag()  # trafilatura loses the text after an empty <b></b>
     strip_tags(tree, "ruby", "rb", "rp", "rt", "rtc")
 
 
