@@ -32,7 +32,8 @@ BOILERPLATE_LINE = re.compile(
       | (?:czytaj\s+(?:więcej|też|także)|le[ea]\s+(?:más|también)|(?:à\s+)?lire\s+aussi|l[eæ]s\s+også|lees\s+ook
          |leggi\s+anche|devamını\s+oku|ilgili\s+haber(?:ler)?)\b.{0,160}
       | advertisement | anzeige | werbung | publicidad | iklan | scroll\s+(?:to|untuk)\s+(?:continue|lanjut(?:kan)?)\b.*
-      | (?:\(?\s*)?(?:foto|photo|gambar|ilustrasi|image|sumber\s+foto)\s*:.{0,160}
+      | (?:\(?\s*)?(?:foto|photo|фото|gambar|ilustrasi|image|sumber\s+foto)\s*:.{0,160}
+      | (?:quelle|source|fuente|fonte|источник)\s*:.{0,60} | article | artikel | článek | kort\s+fortalt | kortversjonen
       | (?:editor|penulis|reporter|pewarta|penyunting|redaktur)\s*:.{0,80}
       | (?:bagikan|share)(?:\s+(?:artikel|berita|this|ini))?\s*:?(?:\s*(?:facebook|twitter|whatsapp|telegram|line|x|copy\s+link|salin\s+tautan)\W*)*
       | (?:facebook|twitter|whatsapp|telegram|line|email|copy\s+link|salin\s+tautan)(?:\W+(?:facebook|twitter|whatsapp|telegram|line|email|copy\s+link|salin\s+tautan))*\W*
@@ -62,7 +63,8 @@ TAIL_MARKER = re.compile(
       | (?:terpopuler|terkini|rekomendasi\s+untuk\s+anda|pilihan\s+untuk\s+anda)
       | (?:related|more|recommended|top|latest|popular)\s+(?:articles|stories|news|reads?|from\s+\w+(?:\s+\w+)?)\s*:?
       | (?:most\s+(?:read|popular|viewed)|you\s+may\s+(?:also\s+)?like|end\s+of\s+(?:the\s+)?article)\s*:?
-      | (?:das\s+könnte\s+sie\s+auch\s+interessieren|weitere\s+artikel|meistgelesen)\s*:?
+      | (?:das\s+könnte\s+sie\s+auch\s+interessieren|weitere\s+artikel|meistgelesen|weiterführende\s+links
+         |beiträge\s+aus\s+dem\s+forum)\s*:?
       | (?:support|donate\s+to)\s+(?:our|independent)\s+journalism\b.*
       | (?:if\s+you\s+(?:value|appreciate|enjoyed)\b.{0,80}(?:support|donat|subscri)).*
     )$""",
