@@ -367,3 +367,14 @@ def test_text_after_an_empty_bold_tag_is_kept():
     items = [f"<p><b>{1998 + 10 * i}:</b> <b></b>{p}</p>" for i, p in enumerate(dated)]
     text = extract_article(en_page(story(paras(PARAS), *items)))["text"]
     assert all(p in text for p in PARAS + dated)
+
+
+def test_bold_byline_atop_the_body_names_the_author_when_the_cms_names_only_the_site():
+    ld = ('<script type="application/ld+json">{"@type": "NewsArticle", "author": {"@type": "Person", '
+          '"name": "Example Herald"}}</script><meta property="og:site_name" content="Example Herald">')
+    html = story("<p><strong>Ana Silva/Tom Berg</strong></p>", paras(PARAS), head=ld)
+    row = extract_article(en_page(html, url="https://exampleherald.example/city/night-buses"))
+    assert row["authors"] == ["Ana Silva", "Tom Berg"] and "Ana Silva" not in row["text"]
+    # a person named in the metadata is kept, and the bold line is left to the body
+    html = story("<p><strong>Night Owls Rejoice</strong></p>", paras(PARAS), head='<meta name="author" content="Ana Silva">')
+    assert extract_article(en_page(html))["authors"] == ["Ana Silva"]

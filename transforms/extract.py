@@ -26,7 +26,7 @@ from trafilatura.utils import load_html
 from dateutil import parser as dateparser
 
 from transforms.extract_body import clean_text, extract_body  # noqa: F401 (clean_text: public here too)
-from transforms.extract_meta import byline, published_time
+from transforms.extract_meta import bold_byline, byline, published_time
 from transforms.outputs import split
 from transforms.records import error_from
 from transforms.urls import article_id, normalize_url
@@ -286,6 +286,13 @@ def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict
     h1 = [" ".join(h.text_content().split()) for h in tree.xpath("//h1")[:2]]
     text = extract_body(html, final_url, options, titles=[page.get("feed_title"), meta.title, *h1], tree=tree,
                         body_xpath=profile.get("body"))
+    authors = page.get("feed_authors") or meta.authors
+    keys = site_keys(tree, final_url)
+    if not authors or all(_is_site(a, keys) for a in authors):  # no one named: a bold byline atop the body?
+        named = bold_byline(tree, text)
+        if named:
+            authors = clean_authors([named], keys) or authors
+            text = "\n".join(line for line in text.splitlines() if line != named)
     if len(text) < min_chars:
         raise ValueError(f"no article body found ({len(text)} characters of text)")
     fetched_at = page["fetched_at"]
@@ -293,7 +300,6 @@ def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict
                  or plausible(meta.published_at, fetched_at)
                  or plausible(page_date(tree), fetched_at))
     url = normalize_url(final_url)
-    authors = page.get("feed_authors") or meta.authors
     return {
         "article_id": article_id(url),
         "url": url,

@@ -74,3 +74,19 @@ def byline(tree) -> str | None:
         if found and not re.search(r"\d{2}", found.group(1)):
             return found.group(1)
     return None
+
+
+# A line of one or more names only: "Ana Silva", "ANA SILVA/TOM BERG", "Ana Silva and Tom Berg".
+_NAME = r"[A-ZÀ-ÖØ-Þ][\w'’.-]*(?:\s+[A-ZÀ-ÖØ-Þ][\w'’.-]*){1,3}"
+NAMES_LINE = re.compile(rf"{_NAME}(?:\s*(?:/|,|&|\band\b)\s*{_NAME})*")
+
+
+def bold_byline(tree, text: str) -> str | None:
+    """A byline set as a bold paragraph among the first lines of the body (``<p><strong>Ana Silva</strong></p>``),
+    as small sites do when their CMS names only a site account as the author."""
+    lines = [line for line in text.splitlines()[:3] if len(line) <= 80 and NAMES_LINE.fullmatch(line)]
+    if lines:
+        for p in tree.xpath("//p[count(*) = 1][strong or b]"):
+            if " ".join(p.text_content().split()) in lines and " ".join(p[0].text_content().split()) in lines:
+                return " ".join(p[0].text_content().split())
+    return None
