@@ -378,3 +378,14 @@ def test_bold_byline_atop_the_body_names_the_author_when_the_cms_names_only_the_
     # a person named in the metadata is kept, and the bold line is left to the body
     html = story("<p><strong>Night Owls Rejoice</strong></p>", paras(PARAS), head='<meta name="author" content="Ana Silva">')
     assert extract_article(en_page(html))["authors"] == ["Ana Silva"]
+
+
+def test_day_only_date_takes_the_time_of_the_visible_dateline_of_that_day():
+    dateline = '<div class="article-meta"><span class="meta_date">erstellt: <b>01. April 2024, 15:25</b></span></div>'
+    html = story(dateline, paras(PARAS))
+    row = extract_article(en_page(html, url="https://news.example/2024/04/01/night-buses/"))
+    assert row["published_at"] == datetime(2024, 4, 1, 15, 25, tzinfo=timezone.utc)
+    # a dateline without a clock time leaves the day at midnight
+    html = story(dateline.replace(", 15:25", ""), paras(PARAS))
+    row = extract_article(en_page(html, url="https://news.example/2024/04/01/night-buses/"))
+    assert row["published_at"] == datetime(2024, 4, 1, tzinfo=timezone.utc)

@@ -26,7 +26,7 @@ from trafilatura.utils import load_html
 from dateutil import parser as dateparser
 
 from transforms.extract_body import clean_text, extract_body  # noqa: F401 (clean_text: public here too)
-from transforms.extract_meta import bold_byline, byline, published_time
+from transforms.extract_meta import bold_byline, byline, published_time, with_visible_time
 from transforms.outputs import split
 from transforms.records import error_from
 from transforms.urls import article_id, normalize_url
@@ -242,12 +242,13 @@ def detect_language(text: str) -> str | None:
 
 
 def page_date(tree) -> datetime | None:
-    """Last-resort publication date from the page (htmldate; day precision, taken as 00:00 UTC)."""
+    """Last-resort publication date from the page (htmldate's day, 00:00 UTC unless the visible dateline of that
+    day gives the time)."""
     try:
         found = htmldate.find_date(tree, extensive_search=False, original_date=True)
     except Exception:
         return None
-    return parse_datetime(found)
+    return with_visible_time(tree, parse_datetime(found))
 
 
 def site_profile(profiles: dict[str, dict[str, str | None]] | None, url: str) -> dict[str, str | None]:

@@ -90,3 +90,21 @@ def bold_byline(tree, text: str) -> str | None:
             if " ".join(p.text_content().split()) in lines and " ".join(p[0].text_content().split()) in lines:
                 return " ".join(p[0].text_content().split())
     return None
+
+
+DATED = (f"//*[contains(@class, 'date') or contains(@class, 'Date') or contains(@class, 'time') or "
+         f"contains(@class, 'Time')][not({OUTSIDE})][string-length(normalize-space()) < 80]")
+CLOCK = re.compile(r"(?<![\d:.])([01]?\d|2[0-3])[:.h](\d\d)(?![\d:.])")
+
+
+def with_visible_time(tree, day: datetime | None) -> datetime | None:
+    """A day-only date (htmldate) with the time of day of the page's visible dateline, when the first
+    date/time-classed element shows that same day and year with a clock time ("01. April 2025, 15:25")."""
+    if day is None or (day.hour, day.minute) != (0, 0):
+        return day
+    for el in tree.xpath(DATED)[:3]:
+        text = " ".join(el.text_content().split())
+        clock = CLOCK.search(text)
+        if clock and str(day.year) in text and re.search(rf"(?<!\d)0?{day.day}(?!\d)", text.replace(str(day.year), "")):
+            return day.replace(hour=int(clock.group(1)), minute=int(clock.group(2)))
+    return day
