@@ -348,12 +348,12 @@ def test_embedded_post_cards_and_ui_labels_are_dropped_ruby_readings_stay_inline
             'tonight because of the storm warning, says the operator</a></p></blockquote>')
     story_card = ("<a href='/city/trams'><div><h2>Trams to run all night</h2><p>RISK: The council says the trams "
                   "could run all night from next year if the budget allows it, officials said.</p></div></a>")
-    html = story("<p>Article</p>", paras(PARAS[:2]), card, "<p>Article content</p>", paras(PARAS[2:]), story_card,
+    html = story("<p>Article</p>", "<p>Stand: 22.04.2024, 06:00 Uhr</p>", "<p>By Ana Silva</p>", paras(PARAS[:2]), card, "<p>Article content</p>", paras(PARAS[2:]), story_card,
                  "<p>Quelle: news.example</p>",
                  "<p>Got a story? Get in touch with our news team by emailing us at news@example.com.</p>")
     text = extract_article(en_page(html))["text"]
     assert all(p in text for p in PARAS)
-    for junk in ("storm warning", "Article", "Got a story", "budget allows", "Quelle"):
+    for junk in ("storm warning", "Article", "Got a story", "budget allows", "Quelle", "Stand", "Ana Silva"):
         assert junk not in text, junk
     ruby = ("<p>東京都の <ruby><rb>知事</rb><rp>（</rp><rt>ちじ</rt><rp>）</rp></ruby> は三日、新しい夜行バスの路線を"
             "発表した。利用者の多い北部の地区から運行を始め、春までに全ての区に広げる計画だという。</p>")

@@ -42,6 +42,10 @@ BOILERPLATE_LINE = re.compile(
       | (?:-\s*)?(?:tags?|topik|etiketler|schlagw(?:ö|oe)rter|etiquetas|mots-clés|tagi)\s*:.* | trending(?:\s+now)?\s*:? | end\s+of\s+(?:the\s+)?article
       | (?:sign\s+up|subscribe)\b.{0,80}(?:newsletter|inbox|free)\b.{0,80}
       | .{0,200}\b(?:we\s+use\s+cookies|(?:may|might)\s+earn\s+(?:an?\s+)?(?:affiliate\s+)?commission)\b.{0,200}
+      | (?:stand|aktualisiert|updated|published|veröffentlicht(?:\s+am)?|erstellt|publicado|publié)\s*:?\s*\d{1,2}[./]\d{1,2}[./]\d{2,4}.{0,40}
+      | \d{1,2}[./]\d{1,2}[./]\d{2,4},?(?:\s*\d{1,2}[:.]\d\d)?\s*(?:uhr|h)?\.? | \d{1,2}:\d\d\s*min\b.{0,60}
+      | (?:von|by)\s+(?-i:[A-ZÀ-ÖØ-Þ][\w'’.-]+(?:\s+[A-ZÀ-ÖØ-Þ][\w'’.-]+){1,2}
+                      (?:\s+(?:und|and|&)\s+[A-ZÀ-ÖØ-Þ][\w'’.-]+(?:\s+[A-ZÀ-ÖØ-Þ][\w'’.-]+){1,2})?)
       | article\s+content | recommended\s+videos | read\s+next\b:?.{0,160} | most\s+read(?:\s+in\s+\w+)? | popular
       | auch\s+interessant | passer\s+la\s+publicit[ée] | hauptinhalt | fehler\s+gefunden\?\s*jetzt\s+melden\.?
       | (?:lesedauer|reading\s+time|temps\s+de\s+lecture|tiempo\s+de\s+lectura)\s*:?\s*\d+\s*\w+\.?
