@@ -301,6 +301,8 @@ def test_published_time_sources_and_time_zones():
     assert published("", '<aside><time datetime="2023-01-01T10:00Z">x</time></aside>'
                          '<time datetime="2024-04-26 20:44:00+02:00">26.04.2024, 20:44</time>') == at
     assert published('<script>var meta = {"section": "City", "publishtime": "2024-04-26T20:44:00+0200"};</script>') == at
+    # a zone abbreviation (Indonesian WIB = UTC+7)
+    assert published('<meta name="pubdate" content="26 Apr 2024 23:44 WIB">') == datetime(2024, 4, 26, 16, 44, tzinfo=timezone.utc)
 
 
 def test_title_drops_a_kicker_the_social_title_leaves_out():

@@ -21,6 +21,11 @@ META_NAMES = ("article:published_time", "og:article:published_time", "datePublis
 OUTSIDE = "ancestor::*[self::nav or self::footer or self::aside]"
 SCRIPT_DATE = re.compile(r'"(?:datePublished|publishedAt|published_at|publishDate|publishtime|firstPublished)"\s*:'
                          r'\s*"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d[^"]{0,20})"')
+# Zone abbreviations met in news datelines (Indonesian WIB/WITA/WIT first), as UTC offsets in hours.
+ZONES = {name: int(hours * 3600) for name, hours in {
+    "WIB": 7, "WITA": 8, "WIT": 9, "GMT": 0, "UTC": 0, "BST": 1, "CET": 1, "CEST": 2, "EET": 2, "EEST": 3,
+    "EST": -5, "EDT": -4, "CST": -6, "CDT": -5, "MST": -7, "MDT": -6, "PST": -8, "PDT": -7, "JST": 9, "KST": 9,
+    "IST": 5.5, "AEST": 10, "AEDT": 11}.items()}
 HAS_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d")
 
 
@@ -33,7 +38,7 @@ def parse_local(value: Any) -> datetime | None:
         return dateparser.isoparse(value)
     except (ValueError, OverflowError):
         try:
-            return dateparser.parse(value)
+            return dateparser.parse(value, tzinfos=ZONES)
         except (ValueError, OverflowError, TypeError):
             return None
 
