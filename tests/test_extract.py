@@ -391,3 +391,16 @@ def test_day_only_date_takes_the_time_of_the_visible_dateline_of_that_day():
     html = story(dateline.replace(", 15:25", ""), paras(PARAS))
     row = extract_article(en_page(html, url="https://news.example/2024/04/01/night-buses/"))
     assert row["published_at"] == datetime(2024, 4, 1, tzinfo=timezone.utc)
+
+
+def test_recall_pass_runs_only_when_the_precision_pass_may_have_cut_text(monkeypatch):
+    import transforms.extract_body as body
+    calls = []
+    real_run = body._run
+    monkeypatch.setattr(body, "_run", lambda page, url, opts: calls.append(opts) or real_run(page, url, opts))
+    extract_article(en_page(story(paras(PARAS * 2))))
+    assert body.BROAD not in calls  # the precise pass kept the paragraphs: no second pass
+    calls.clear()
+    monkeypatch.setattr(body, "BROAD_SKIP", 10.0)  # as if the precise pass had kept little
+    extract_article(en_page(story(paras(PARAS * 2))))
+    assert body.BROAD in calls
