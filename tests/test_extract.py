@@ -404,3 +404,8 @@ def test_recall_pass_runs_only_when_the_precision_pass_may_have_cut_text(monkeyp
     monkeypatch.setattr(body, "BROAD_SKIP", 10.0)  # as if the precise pass had kept little
     extract_article(en_page(story(paras(PARAS * 2))))
     assert body.BROAD in calls
+
+
+def test_title_ending_in_a_date_gives_the_day():
+    html = story(paras(PARAS), title="Night buses for the north | City | Herald | 28.04.2024")
+    assert extract_article(en_page(html))["published_at"] == datetime(2024, 4, 28, tzinfo=timezone.utc)

@@ -26,7 +26,7 @@ from trafilatura.utils import load_html
 from dateutil import parser as dateparser
 
 from transforms.extract_body import clean_text, extract_body  # noqa: F401 (clean_text: public here too)
-from transforms.extract_meta import bold_byline, byline, published_time, with_visible_time
+from transforms.extract_meta import bold_byline, byline, published_time, title_day, with_visible_time
 from transforms.outputs import split
 from transforms.records import error_from
 from transforms.urls import article_id, normalize_url
@@ -242,13 +242,15 @@ def detect_language(text: str) -> str | None:
 
 
 def page_date(tree) -> datetime | None:
-    """Last-resort publication date from the page (htmldate's day, 00:00 UTC unless the visible dateline of that
-    day gives the time)."""
-    try:
-        found = htmldate.find_date(tree, extensive_search=False, original_date=True)
-    except Exception:
-        return None
-    return with_visible_time(tree, parse_datetime(found))
+    """Last-resort publication date from the page: the day its title ends with, else htmldate's; 00:00 UTC unless
+    the visible dateline of that day gives the time."""
+    day = title_day(tree)
+    if day is None:
+        try:
+            day = parse_datetime(htmldate.find_date(tree, extensive_search=False, original_date=True))
+        except Exception:
+            return None
+    return with_visible_time(tree, day)
 
 
 def site_profile(profiles: dict[str, dict[str, str | None]] | None, url: str) -> dict[str, str | None]:

@@ -113,3 +113,19 @@ def with_visible_time(tree, day: datetime | None) -> datetime | None:
         if clock and str(day.year) in text and re.search(rf"(?<!\d)0?{day.day}(?!\d)", text.replace(str(day.year), "")):
             return day.replace(hour=int(clock.group(1)), minute=int(clock.group(2)))
     return day
+
+
+TITLE_DATE = re.compile(r"[|\-–—]\s*(\d{1,2})\.(\d{1,2})\.(\d{4})$")
+
+
+def title_day(tree) -> datetime | None:
+    """The day a page's title ends with ("Headline | Site | 28.04.2023"), as 00:00 UTC."""
+    for title in [*tree.xpath('//meta[@property="og:title"]/@content'), tree.findtext(".//title") or ""]:
+        found = TITLE_DATE.search(title.strip())
+        if found:
+            day, month, year = map(int, found.groups())
+            try:
+                return datetime(year, month, day, tzinfo=timezone.utc)
+            except ValueError:
+                continue
+    return None
