@@ -15,10 +15,11 @@ from typing import Any, Iterable
 
 from dateutil import parser as dateparser
 
+from transforms.extract_body import OUTSIDE
+
 META_NAMES = ("article:published_time", "og:article:published_time", "datePublished", "pubdate", "publishdate",
               "publish-date", "parsely-pub-date", "sailthru.date", "date", "dc.date", "DC.date.issued",
               "dcterms.created")
-OUTSIDE = "ancestor::*[self::nav or self::footer or self::aside]"
 SCRIPT_DATE = re.compile(r'"(?:datePublished|publishedAt|published_at|publishDate|publishtime|firstPublished)"\s*:'
                          r'\s*"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d[^"]{0,20})"')
 # Zone abbreviations met in news datelines (Indonesian WIB/WITA/WIT first), as UTC offsets in hours.
