@@ -1,10 +1,12 @@
-"""Published time of an article page from its machine-readable dates.
+"""Published time and visible bylines of an article page (used by ``transforms.extract.read_meta``).
 
 Sources, most trusted first: JSON-LD ``datePublished`` of the article object, ``<meta>`` publication tags,
 microdata (``itemprop="datePublished"``), a ``<time datetime>`` with a time of day outside navigation,
 and ``"datePublished"``-style keys in script JSON (pages rendered by JavaScript). A value without a time
 zone takes the offset of another date on the page that shows the same wall-clock time within a day
 (``"2023-04-28 18:11"`` in JSON-LD, ``2023-04-28T18:11+02:00`` in a meta tag); otherwise it is read as UTC.
+Without any, the day comes from the title ("… | 28.04.2023") or htmldate, with the clock time of the visible
+dateline of that day. Bylines: a short "By …"/"Autor: …" block, or a bold name atop the body.
 """
 
 from __future__ import annotations
