@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import lxml.etree
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -96,8 +97,31 @@ class LakeSettings(Strict):
     errors_retention_days: int | None = Field(None, ge=1, description="errors/ rows older than this are deleted")
 
 
+class SiteProfile(Strict):
+    """XPath expressions for one outlet whose pages the generic extractor gets wrong."""
+
+    body: str | None = Field(None, description="blocks holding the article text, e.g. //div[@class='story']/p")
+    title: str | None = None
+    date: str | None = Field(None, description="an element or attribute holding the published time")
+
+    @field_validator("body", "title", "date")
+    @classmethod
+    def _valid_xpath(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                lxml.etree.XPath(v)
+            except lxml.etree.XPathSyntaxError as e:
+                raise ValueError(f"invalid XPath {v!r}: {e}") from None
+        return v
+
+
+class ExtractSettings(Strict):
+    profiles: dict[str, SiteProfile] = Field({}, description="per-host XPath profiles: {host: {body, title, date}}")
+
+
 class Settings(Strict):
     http: HttpSettings = HttpSettings()
+    extract: ExtractSettings = ExtractSettings()
     ner: NerSettings = NerSettings()
     dedup: DedupSettings = DedupSettings()
     lake: LakeSettings = LakeSettings()

@@ -116,7 +116,8 @@ def process_pages(pages, plan: Plan, errors=(), feed_state=None, written=()) -> 
     # Fetch -> Extract -> Tag run fused in each worker, with no shuffle between them: tagging starts
     # with the first pages while the rest are still arriving. Deduplication needs every article of the
     # run in one place, so it comes after (exact duplicates are rare by then: URLs are deduplicated above).
-    extracted = pages | "ExtractArticles" >> ExtractArticles(s.min_text_chars)
+    extracted = pages | "ExtractArticles" >> ExtractArticles(
+        s.min_text_chars, profiles={h: p.model_dump() for h, p in s.extract.profiles.items()})
     tagged = extracted.articles | "TagEntities" >> TagEntities(s.ner, plan.ner_paths(), plan.ner_batching,
                                                                plan.preload)
     deduped = (tagged.articles | "CountTagged" >> beam.Map(count, plan.progress_dir, "tagged")

@@ -222,3 +222,257 @@ def test_relative_og_image_is_resolved_against_the_page():
     row = extract_article(page(html_with('<meta property="og:image" content="/img/foto.jpg">'),
                                final_url="https://warta.example/berita/a.html"))
     assert row["image_url"] == "https://warta.example/img/foto.jpg"
+
+
+# --- Real-page failure classes, on small hand-made pages (none copied from a publisher) ---------------
+
+PARAS = [
+    "The city council voted on Tuesday to extend the night bus network to the northern districts after months of debate.",
+    "Supporters said the change would help shift workers who now walk long distances after the last train has left.",
+    "Opponents questioned the cost, which the transport office put at four million a year, and asked for a review.",
+    "The first new routes are due to start running in the spring, once drivers have been hired and trained for them.",
+    "A spokesperson for the operator said timetables would be published online several weeks before the launch.",
+]
+LEAD = "Night buses will reach the northern districts from spring, after a long fight over who pays for them."
+
+
+def story(*blocks: str, head: str = "", title: str = "Night buses for the north") -> str:
+    return (f"<html><head><title>{title}</title>{head}</head><body><nav><a href='/'>Home</a> <a href='/city'>City</a>"
+            f"</nav><main><article><h1>{title}</h1>{''.join(blocks)}</article></main>"
+            "<footer><p>Copyright Example Media Group. All rights reserved, reproduction prohibited.</p></footer>"
+            "</body></html>")
+
+
+def paras(items) -> str:
+    return "".join(f"<p>{p}</p>" for p in items)
+
+
+def en_page(html: str, url: str = "https://news.example/city/night-buses") -> dict:
+    return page(html, url=url, language="en")
+
+
+def test_lead_above_the_article_container_is_kept():
+    html = story(f'<p class="article__lead">{LEAD}</p>', f'<div class="article-body">{paras(PARAS)}</div>')
+    text = extract_article(en_page(html))["text"]
+    assert text.splitlines()[0] == LEAD and PARAS[-1] in text
+
+
+def test_body_split_across_sibling_containers_is_kept_whole():
+    html = story(f'<div class="article-body">{paras(PARAS[:3])}</div>',
+                 '<figure><img src="/bus.jpg"><figcaption>A night bus.</figcaption></figure>',
+                 f'<div class="article-body">{paras(PARAS[3:])}</div>')
+    text = extract_article(en_page(html))["text"]
+    for p in PARAS:
+        assert p in text
+
+
+def test_international_boilerplate_is_dropped():
+    html = story(paras(PARAS[:3]), "<p>Trending</p>", "<p>Advertisement</p>", paras(PARAS[3:]),
+                 "<h2>Related stories</h2><ul><li><a href='/a'>Council approves the new cycle lanes on the main road "
+                 "after a vote</a></li></ul>",
+                 "<p>Support independent journalism: if you value our reporting, please donate today.</p>")
+    text = extract_article(en_page(html))["text"]
+    assert all(p in text for p in PARAS)
+    for junk in ("Trending", "Advertisement", "Related stories", "cycle lanes", "donate"):
+        assert junk not in text, junk
+
+
+def test_text_only_in_jsonld_article_body_is_found():
+    body = " ".join(PARAS)
+    ld = json.dumps({"@context": "https://schema.org", "@type": "NewsArticle", "headline": "Night buses",
+                     "articleBody": body})
+    html = story("<div id='app'>Loading…</div>", head=f'<script type="application/ld+json">{ld}</script>')
+    assert extract_article(en_page(html))["text"] == body
+
+
+def test_text_only_in_script_json_state_is_found():
+    state = json.dumps({"props": {"pageProps": {"story": {"id": 7, "contentHtml": paras(PARAS)}}}})
+    html = story("<div id='root'></div>", f'<script id="__NEXT_DATA__" type="application/json">{state}</script>')
+    assert extract_article(en_page(html))["text"].splitlines() == PARAS
+
+
+def test_title_loses_the_site_name_and_prefers_the_jsonld_headline():
+    import lxml.html
+    site = '<meta property="og:site_name" content="The Example Herald">'
+    for raw in ("Night buses for the north - The Example Herald", "Night buses for the north | City | Example Herald",
+                "Night buses for the north – Herald – 12.03.2024"):
+        tree = lxml.html.fromstring(f'<html><head><meta property="og:title" content="{raw}">{site}</head>'
+                                    "<body></body></html>")
+        assert read_meta(tree, "https://www.exampleherald.example/x").title == "Night buses for the north", raw
+    ld = '<script type="application/ld+json">{"@type": "NewsArticle", "headline": "Buses &amp; trams at night"}</script>'
+    tree = lxml.html.fromstring(f'<html><head><meta property="og:title" content="Night buses">{ld}</head></html>')
+    assert read_meta(tree, "https://x.example/").title == "Buses & trams at night"
+    # a dash inside the headline is not a site name
+    tree = lxml.html.fromstring('<html><head><meta property="og:title" content="Left - right - centre: who won"></head></html>')
+    assert read_meta(tree, "https://x.example/").title == "Left - right - centre: who won"
+
+
+def test_jsonld_authors_people_first_split_and_outlet_only_as_last_resort():
+    import lxml.html
+
+    def authors(ld: dict, extra: str = "") -> list[str]:
+        tree = lxml.html.fromstring(f'<html><head><script type="application/ld+json">{json.dumps(ld)}</script>{extra}'
+                                    '<meta property="og:site_name" content="Example Herald"></head><body></body></html>')
+        return read_meta(tree, "https://exampleherald.example/a").authors
+
+    art = {"@type": "NewsArticle", "publisher": {"@type": "Organization", "name": "Example Herald"}}
+    assert authors({**art, "author": [{"@type": "Person", "name": "Ana Silva"},
+                                      {"@type": "Organization", "name": "Example Herald"},
+                                      {"@type": "Person", "name": "By Tom Berg"}]},
+                   '<meta name="author" content="Someone Else">') == ["Ana Silva", "Tom Berg"]
+    assert authors({**art, "author": {"@type": "Person", "name": "Ana Silva und Tom Berg, dpa"}}) == \
+        ["Ana Silva", "Tom Berg", "dpa"]
+    assert authors({**art, "author": {"@type": "Organization", "name": "Example Herald"}}) == ["Example Herald"]
+    assert authors({**art, "author": {"@type": "Person", "name": "ana-silva"}}) == ["Ana Silva"]
+
+
+def test_site_profile_overrides_body_title_and_date():
+    from config.settings import ExtractSettings, SiteProfile
+    html = story('<div class="teaser"><p>Short teaser that the generic extractor would happily keep as text.</p></div>',
+                 f'<section id="copy">{paras(PARAS)}</section>',
+                 '<span class="when" data-ts="2024-03-12T08:30:00+01:00">12 March</span>',
+                 title="Generic title")
+    profile = SiteProfile(body="//section[@id='copy']/p", title="//div[@class='teaser']/p",
+                          date="//span[@class='when']/@data-ts")
+    settings = ExtractSettings(profiles={"www.news.example": profile})
+    profiles = {h: p.model_dump() for h, p in settings.profiles.items()}
+    row = extract_article(en_page(html), profiles=profiles)
+    assert row["text"].splitlines() == PARAS
+    assert row["title"] == "Short teaser that the generic extractor would happily keep as text."
+    assert row["published_at"] == datetime(2024, 3, 12, 7, 30, tzinfo=timezone.utc)
+    other = extract_article(en_page(html, url="https://other.example/a"), profiles=profiles)
+    assert other["title"] == "Generic title"  # another host: the generic path
+    assert other["published_at"] != row["published_at"]
+    with pytest.raises(ValueError):
+        SiteProfile(body="//p[")
+
+
+def test_published_time_sources_and_time_zones():
+    import lxml.html
+
+    def published(head: str, body: str = "") -> datetime | None:
+        return read_meta(lxml.html.fromstring(f"<html><head>{head}</head><body>{body}</body></html>"),
+                         "https://x.example/a").published_at
+
+    at = datetime(2024, 4, 26, 18, 44, tzinfo=timezone.utc)
+    ld = '{"@type": "NewsArticle", "datePublished": "2024-04-26T20:44:00+0200"}'
+    # JSON-LD wrapped in a CDATA comment, or nested as the page's mainEntity
+    assert published(f'<script type="application/ld+json">//<![CDATA[\n{ld}\n//]]></script>') == at
+    assert published('<script type="application/ld+json">{"@type": "WebPage", "mainEntity": ' + ld + "}</script>") == at
+    # a JSON-LD time without zone takes the offset of the same time in a meta tag
+    naive = '<script type="application/ld+json">{"@type": "NewsArticle", "datePublished": "2024-04-26 20:44:00.0"}</script>'
+    assert published(naive + '<meta name="date" content="2024-04-26T20:44:00+02:00">') == at
+    assert published(naive) == datetime(2024, 4, 26, 20, 44, tzinfo=timezone.utc)  # nothing to go by: UTC
+    # microdata, a <time> with a time of day (not in navigation), script state
+    assert published("", '<time itemprop="datePublished" datetime="2024-04-26T20:44+0200">26 April</time>') == at
+    assert published("", '<aside><time datetime="2023-01-01T10:00Z">x</time></aside>'
+                         '<time datetime="2024-04-26 20:44:00+02:00">26.04.2024, 20:44</time>') == at
+    assert published('<script>var meta = {"section": "City", "publishtime": "2024-04-26T20:44:00+0200"};</script>') == at
+    # a zone abbreviation (Indonesian WIB = UTC+7)
+    assert published('<meta name="pubdate" content="26 Apr 2024 23:44 WIB">') == datetime(2024, 4, 26, 16, 44, tzinfo=timezone.utc)
+
+
+def test_title_drops_a_kicker_the_social_title_leaves_out():
+    import lxml.html
+    ld = '<script type="application/ld+json">{"@type": "NewsArticle", "headline": "City transport: Night buses for the north"}</script>'
+    tree = lxml.html.fromstring(f'<html><head>{ld}<meta property="og:title" content="Night buses for the north">'
+                                "</head><body><h1>City transport: Night buses for the north</h1></body></html>")
+    assert read_meta(tree, "https://x.example/").title == "Night buses for the north"
+
+
+def test_authors_from_agencies_name_parts_visible_bylines_and_not_buttons():
+    import lxml.html
+
+    def authors(head: str, body: str = "") -> list[str]:
+        tree = lxml.html.fromstring(f'<html><head><meta property="og:site_name" content="Example Herald">{head}</head>'
+                                    f"<body>{body}</body></html>")
+        return read_meta(tree, "https://exampleherald.example/a").authors
+
+    def ld(author) -> str:
+        return f'<script type="application/ld+json">{json.dumps({"@type": "NewsArticle", "author": author})}</script>'
+
+    # a news agency named beside the reporter is kept; a person given as givenName/familyName is joined
+    assert authors(ld([{"@type": "Person", "name": "Ana Silva"}, {"@type": "Organization", "name": "AP"}])) == \
+        ["Ana Silva", "AP"]
+    assert authors(ld([{"@type": "Person", "givenName": "Anna Maria", "familyName": "Berg"}])) == ["Anna Maria Berg"]
+    # meta author is the outlet, article:author the reporter
+    assert authors('<meta name="author" content="Example Herald"><meta name="article:author" content="Tom Berg">') == \
+        ["Tom Berg"]
+    # visible bylines when nothing machine-readable names a person
+    assert authors("", "<article><p>von <a href='/autoren/tom-berg'>Dr. Tom Berg</a></p><p>Text.</p></article>") == \
+        ["Dr. Tom Berg"]
+    assert authors("", "<ul><li><strong>Autorin/Autor</strong> Ana Silva</li></ul>") == ["Ana Silva"]
+    # a brand before the byline word, a reporter title after the name, a follow button, a source credit
+    assert authors('<meta name="author" content="Weekend von Ana Silva">') == ["Ana Silva"]
+    assert authors('<meta name="author" content="Ursula von der Leyen">') == ["Ursula von der Leyen"]
+    assert authors('<meta name="author" content="김하나 기자">') == ["김하나"]
+    assert authors('<meta name="author" content="Folgen">' + ld({"@type": "Organization", "name": "Example Herald"})) \
+        == ["Example Herald"]
+    assert authors('<meta name="author" content="Quelle: dpa">' + ld({"@type": "Organization", "name": "Example Herald"})) \
+        == ["Example Herald"]
+
+
+def test_embedded_post_cards_and_ui_labels_are_dropped_ruby_readings_stay_inline():
+    card = ('<blockquote class="wp-embedded-content"><p><a href="/city/storm">Buses on the north line are cancelled '
+            'tonight because of the storm warning, says the operator</a></p></blockquote>')
+    story_card = ("<a href='/city/trams'><div><h2>Trams to run all night</h2><p>RISK: The council says the trams "
+                  "could run all night from next year if the budget allows it, officials said.</p></div></a>")
+    html = story("<p>Article</p>", "<p>Stand: 22.04.2024, 06:00 Uhr</p>", "<p>By Ana Silva</p>", paras(PARAS[:2]), card, "<p>Article content</p>", paras(PARAS[2:]), story_card,
+                 "<p>Quelle: news.example</p>",
+                 "<p>Got a story? Get in touch with our news team by emailing us at news@example.com.</p>")
+    text = extract_article(en_page(html))["text"]
+    assert all(p in text for p in PARAS)
+    for junk in ("storm warning", "Article", "Got a story", "budget allows", "Quelle", "Stand", "Ana Silva"):
+        assert junk not in text, junk
+    ruby = ("<p>東京都の <ruby><rb>知事</rb><rp>（</rp><rt>ちじ</rt><rp>）</rp></ruby> は三日、新しい夜行バスの路線を"
+            "発表した。利用者の多い北部の地区から運行を始め、春までに全ての区に広げる計画だという。</p>")
+    text = extract_article(page(story(ruby * 4, paras(PARAS)), url="https://news.example/jp/1"))["text"]
+    assert "東京都の 知事（ちじ） は三日" in text
+
+
+def test_text_after_an_empty_bold_tag_is_kept():
+    dated = ["The first night line opened in 1998 and ran only on weekends until the city extended it.",
+             "Night trams were tried for one summer and stopped again because too few people used them."]
+    items = [f"<p><b>{1998 + 10 * i}:</b> <b></b>{p}</p>" for i, p in enumerate(dated)]
+    text = extract_article(en_page(story(paras(PARAS), *items)))["text"]
+    assert all(p in text for p in PARAS + dated)
+
+
+def test_bold_byline_atop_the_body_names_the_author_when_the_cms_names_only_the_site():
+    ld = ('<script type="application/ld+json">{"@type": "NewsArticle", "author": {"@type": "Person", '
+          '"name": "Example Herald"}}</script><meta property="og:site_name" content="Example Herald">')
+    html = story("<p><strong>Ana Silva/Tom Berg</strong></p>", paras(PARAS), head=ld)
+    row = extract_article(en_page(html, url="https://exampleherald.example/city/night-buses"))
+    assert row["authors"] == ["Ana Silva", "Tom Berg"] and "Ana Silva" not in row["text"]
+    # a person named in the metadata is kept, and the bold line is left to the body
+    html = story("<p><strong>Night Owls Rejoice</strong></p>", paras(PARAS), head='<meta name="author" content="Ana Silva">')
+    assert extract_article(en_page(html))["authors"] == ["Ana Silva"]
+
+
+def test_day_only_date_takes_the_time_of_the_visible_dateline_of_that_day():
+    dateline = '<div class="article-meta"><span class="meta_date">erstellt: <b>01. April 2024, 15:25</b></span></div>'
+    html = story(dateline, paras(PARAS))
+    row = extract_article(en_page(html, url="https://news.example/2024/04/01/night-buses/"))
+    assert row["published_at"] == datetime(2024, 4, 1, 15, 25, tzinfo=timezone.utc)
+    # a dateline without a clock time leaves the day at midnight
+    html = story(dateline.replace(", 15:25", ""), paras(PARAS))
+    row = extract_article(en_page(html, url="https://news.example/2024/04/01/night-buses/"))
+    assert row["published_at"] == datetime(2024, 4, 1, tzinfo=timezone.utc)
+
+
+def test_recall_pass_runs_only_when_the_precision_pass_may_have_cut_text(monkeypatch):
+    import transforms.extract_body as body
+    calls = []
+    real_run = body._run
+    monkeypatch.setattr(body, "_run", lambda page, url, opts: calls.append(opts) or real_run(page, url, opts))
+    extract_article(en_page(story(paras(PARAS * 2))))
+    assert body.BROAD not in calls  # the precise pass kept the paragraphs: no second pass
+    calls.clear()
+    monkeypatch.setattr(body, "BROAD_SKIP", 10.0)  # as if the precise pass had kept little
+    extract_article(en_page(story(paras(PARAS * 2))))
+    assert body.BROAD in calls
+
+
+def test_title_ending_in_a_date_gives_the_day():
+    html = story(paras(PARAS), title="Night buses for the north | City | Herald | 28.04.2024")
+    assert extract_article(en_page(html))["published_at"] == datetime(2024, 4, 28, tzinfo=timezone.utc)

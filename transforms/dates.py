@@ -30,10 +30,11 @@ DAY_FIRST = frozenset({
     "id", "ms", "de", "fr", "es", "it", "nl", "pt", "pl", "cs", "sk", "hu", "ro", "el", "fi", "sv", "da", "nb",
     "no", "uk", "ru", "tr", "vi", "th",
 })
-ZONE_NAMES = {name: hours * 3600 for name, hours in {
+# Zone abbreviations met in news datelines (Indonesian WIB/WITA/WIT first), as UTC offsets.
+ZONE_NAMES = {name: int(hours * 3600) for name, hours in {
     "WIB": 7, "WITA": 8, "WIT": 9, "UTC": 0, "GMT": 0, "Z": 0, "EST": -5, "EDT": -4, "CST": -6, "CDT": -5,
-    "MST": -7, "MDT": -6, "PST": -8, "PDT": -7, "CET": 1, "CEST": 2, "BST": 1, "JST": 9, "KST": 9, "SGT": 8,
-    "MYT": 8, "ICT": 7, "AEST": 10, "AEDT": 11}.items()}
+    "MST": -7, "MDT": -6, "PST": -8, "PDT": -7, "CET": 1, "CEST": 2, "EET": 2, "EEST": 3, "BST": 1, "JST": 9,
+    "KST": 9, "SGT": 8, "MYT": 8, "ICT": 7, "IST": 5.5, "AEST": 10, "AEDT": 11}.items()}
 _YEAR_FIRST = re.compile(r"\s*\d{4}\D")
 _DOTTED_TIME = re.compile(r"(?<![\d.])(\d{1,2})\.(\d{2})(?![\d.])")  # "pukul 10.00 WIB"
 
@@ -82,31 +83,37 @@ def day_first(language: str | None) -> bool:
     return (language or "") in DAY_FIRST
 
 
-def _local(dt: datetime, tz: str | None) -> When:
+def in_zone(dt: datetime, tz: str | None) -> When:
+    """``dt`` as written (aware: explicit; naive: read in ``tz``, else UTC) as a :class:`When`."""
     if dt.tzinfo is None:
         return When(dt.replace(tzinfo=zone(tz)).astimezone(timezone.utc), False)
     return When(dt.astimezone(timezone.utc), True)
 
 
-def parse_when(value: Any, tz: str | None = None, dayfirst: bool = False) -> When | None:
-    """A date/time string in, its UTC time and whether it carried its own offset out (None if unreadable)."""
+def parse_local(value: Any, dayfirst: bool = False) -> datetime | None:
+    """A date/time string as written: aware when it states an offset or a known zone name, naive when it
+    does not; None if unreadable (or its zone name is unknown: better no time than a wrong one)."""
     if not value or not isinstance(value, str):
         return None
     text = value.strip()
     try:
-        return _local(dateparser.isoparse(text), tz)
+        return dateparser.isoparse(text)
     except (ValueError, OverflowError):
         pass
     names = _NAMES[dayfirst and not _YEAR_FIRST.match(text)]
-    with warnings.catch_warnings(record=True) as caught:  # an unknown zone name: better no time than a wrong one
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", dateparser.UnknownTimezoneWarning)
         try:
             dt = dateparser.parse(_DOTTED_TIME.sub(r"\1:\2", text), parserinfo=names, tzinfos=ZONE_NAMES)
         except (ValueError, OverflowError, TypeError):
             return None
-    if caught:
-        return None
-    return _local(dt, tz) if dt is not None else None
+    return None if caught else dt
+
+
+def parse_when(value: Any, tz: str | None = None, dayfirst: bool = False) -> When | None:
+    """A date/time string in, its UTC time and whether it carried its own offset out (None if unreadable)."""
+    dt = parse_local(value, dayfirst)
+    return in_zone(dt, tz) if dt is not None else None
 
 
 def parse_utc(value: Any, tz: str | None = None) -> datetime | None:

@@ -1,74 +1,38 @@
 """Stage 3 — extract clean body text and metadata from a fetched page.
 
-trafilatura does the body; we add an Indonesian-news boilerplate filter ("Baca Juga:", ad and scroll
-markers, photo credits, share/comment widgets) and our own metadata reading (canonical URL, JSON-LD /
-meta published time with its time zone), with the feed's values preferred where feeds are reliable.
+The body comes from :mod:`transforms.extract_body` (trafilatura plus lead, fallbacks and a boilerplate
+filter); here we read the metadata (canonical URL, JSON-LD / meta published time with its time zone,
+title cleaned of the site name, authors), with the feed's values preferred where feeds are reliable.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import html as html_lib
 import json
 import re
-from dataclasses import dataclass, field
+import unicodedata
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import apache_beam as beam
 import htmldate
-import lxml.html
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
-import trafilatura
 from trafilatura.meta import reset_caches
+from trafilatura.metadata import extract_author
+from trafilatura.utils import load_html
 
-from transforms.dates import When, best_time, day_first, parse_when
+from transforms.dates import When, best_time, day_first, in_zone, parse_local, parse_when
+from transforms.extract_body import clean_text, extract_body  # noqa: F401 (clean_text: public here too)
+from transforms.extract_meta import bold_byline, byline, published_time, title_day, with_visible_time
 from transforms.outputs import split
 from transforms.records import error_from
 from transforms.urls import article_id, normalize_url
 
 ERRORS = "errors"
-
-# Lines that are never article text on Indonesian (and English) news pages. Matched case-insensitively
-# against a whole line after trimming.
-BOILERPLATE_LINE = re.compile(
-    r"""^(?:
-        (?:baca|lihat|simak|cek)\s+(?:juga|pula|selengkapnya|berita\s+lainnya|artikel\s+lainnya)\b.*
-      | (?:berita|artikel)\s+(?:terkait|lainnya|pilihan|rekomendasi)\s*:?.*
-      | read\s+(?:also|more)\s*:.*
-      | advertisement | iklan | scroll\s+(?:to|untuk)\s+(?:continue|lanjut(?:kan)?)\b.*
-      | (?:\(?\s*)?(?:foto|photo|gambar|ilustrasi|image|sumber\s+foto)\s*:.{0,160}
-      | (?:editor|penulis|reporter|pewarta|penyunting|redaktur)\s*:.{0,80}
-      | (?:bagikan|share)(?:\s+(?:artikel|berita|this|ini))?\s*:?(?:\s*(?:facebook|twitter|whatsapp|telegram|line|x|copy\s+link|salin\s+tautan)\W*)*
-      | (?:facebook|twitter|whatsapp|telegram|line|email|copy\s+link|salin\s+tautan)(?:\W+(?:facebook|twitter|whatsapp|telegram|line|email|copy\s+link|salin\s+tautan))*\W*
-      | komentar | tinggalkan\s+(?:komentar|balasan)\b.* | \d+\s+komentar | leave\s+a\s+(?:comment|reply)\b.*
-      | (?:dapatkan|ikuti)\s+(?:update|berita|informasi)\b.{0,120}(?:google\s+news|whatsapp|telegram|channel).*
-      | tags?\s*:.* | topik\s*:.*
-    )$""",
-    re.IGNORECASE | re.VERBOSE,
-)
-
-# Headings after which a page only lists other stories: the body is cut there (when they come after
-# the first third of the text, so a short article that mentions such words early is left alone).
-TAIL_MARKER = re.compile(
-    r"""^(?:artikel\s+ini\s+(?:telah\s+)?(?:tayang|terbit|dimuat)\b.*
-      | (?:berita|artikel)\s+(?:terkini|terpopuler|terbaru|populer|lainnya|terkait|pilihan|rekomendasi)\s*:?
-      | (?:terpopuler|terkini|rekomendasi\s+untuk\s+anda|pilihan\s+untuk\s+anda|related\s+(?:articles|stories))
-    )$""",
-    re.IGNORECASE | re.VERBOSE,
-)
-
-# Inline markers that may sit inside a paragraph.
-INLINE_MARKERS = re.compile(r"\s*(?:ADVERTISEMENT|SCROLL TO CONTINUE WITH CONTENT)\s*")
-
-# Two fast trafilatura passes (no readability/jusText fallback): a precision-oriented one, and a
-# recall-oriented one used when the first kept under RECALL_SWITCH of what the second found (it then
-# probably cut article parts). Measured on the extraction benchmark: see bench/ and the README.
-PRECISE = {"favor_precision": True, "fast": True, "include_comments": False, "include_tables": True}
-BROAD = {"favor_recall": True, "fast": True, "include_comments": False, "include_tables": True}
-RECALL_SWITCH = 0.5
-
 
 @dataclass(frozen=True)
 class PageMeta:
@@ -81,27 +45,19 @@ class PageMeta:
     language: str | None = None
 
 
-def clean_text(text: str) -> str:
-    """Drop boilerplate lines and markers, normalise whitespace; paragraphs joined by newlines."""
-    raw_lines = [" ".join(INLINE_MARKERS.sub(" ", raw).split()) for raw in text.splitlines()]
-    raw_lines = [line for line in raw_lines if line]
-    for i, line in enumerate(raw_lines):
-        if i >= len(raw_lines) / 3 and TAIL_MARKER.match(line):
-            raw_lines = raw_lines[:i]
-            break
-    return "\n".join(line for line in raw_lines if not BOILERPLATE_LINE.match(line))
-
-
 def content_hash(text: str) -> str:
     norm = " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
     return hashlib.sha256(norm.encode("utf-8")).hexdigest()
+
+
+CDATA = re.compile(r"^\s*(?://\s*)?<!\[CDATA\[|(?://\s*)?\]\]>\s*$")
 
 
 def _jsonld_objects(tree) -> list[dict]:
     out: list[dict] = []
     for node in tree.xpath('//script[@type="application/ld+json"]/text()'):
         try:
-            data = json.loads(node)
+            data = json.loads(CDATA.sub("", node))
         except (ValueError, TypeError):
             continue
         stack = data if isinstance(data, list) else [data]
@@ -109,7 +65,7 @@ def _jsonld_objects(tree) -> list[dict]:
             item = stack.pop()
             if isinstance(item, dict):
                 out.append(item)
-                stack.extend(v for k, v in item.items() if k == "@graph" and isinstance(v, list))
+                stack.extend(v for k, v in item.items() if k in ("@graph", "mainEntity") and isinstance(v, (list, dict)))
             elif isinstance(item, list):
                 stack.extend(item)
     return out
@@ -118,8 +74,9 @@ def _jsonld_objects(tree) -> list[dict]:
 def _names(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
-    if isinstance(value, dict):
-        return _names(value.get("name"))
+    if isinstance(value, dict):  # {"name": …} or schema.org's {"givenName": …, "familyName": …}
+        return _names(value.get("name") or " ".join(v for v in (value.get("givenName"), value.get("familyName"))
+                                                     if isinstance(v, str)))
     if isinstance(value, list):
         return [n for v in value for n in _names(v)]
     return []
@@ -131,6 +88,84 @@ def _first_h1(tree) -> str | None:
         if text:
             return text
     return None
+
+
+# Separators between a headline and the site name / section / date in <title> and og:title.
+TITLE_SEPARATOR = re.compile(r"\s+[|\-–—*·•»]\s+|\s*[|ㅣ]\s*")
+# A byline's lead word ("By", "Von", "Autor:") and the joints between several names.
+BYLINE_PREFIX = re.compile(r"^(?:by|von|van|de|por|par|af|av|autor(?:in)?|author|text|written\s+by)\b[:\s]*", re.I)
+# A lead before the byline word: "Capital von Jemima Kelly" (a brand), not "Ursula von der Leyen".
+BYLINE_INSIDE = re.compile(r"^(?:\S+\s+){1,2}(?:[Bb]y|[Vv]on|[Pp]ar|[Pp]or)\s+(?=[A-ZÀ-ÖØ-Þ])")
+# A title after the name ("신현주 기자": reporter) and a source credit ("Quelle: dpa"), which names no author.
+BYLINE_SUFFIX = re.compile(r"\s+(?:기자|記者|특파원)$")
+SOURCE_CREDIT = re.compile(r"^(?:quelle|source|fuente|fonte|kaynak|sumber|źródło|bron)\b", re.I)
+# Buttons and labels that byline finders pick up next to an author's name.
+NOT_NAMES = {"follow", "folgen", "suivre", "seguir", "segui", "volgen", "følg", "ikuti", "subscribe", "abonnieren", "more",
+             "mehr", "profile", "profil"}
+AUTHOR_JOINT = re.compile(r"\s*(?:[,;/]|\s(?:and|und|og|och|y|et|e|en|ve|i)\s|&)\s*", re.I)
+
+
+def _squash(text: str) -> str:
+    """Letters and digits only, accents dropped, case-folded: for comparing names with host names."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if c.isalnum()).casefold()
+
+
+def site_keys(tree, base_url: str, publisher: Any = None) -> set[str]:
+    """What the site calls itself: og:site_name, application-name, JSON-LD publisher, host name labels."""
+    names = tree.xpath('//meta[@property="og:site_name" or @name="application-name" or @name="og:site_name"]/@content')
+    names += _names(publisher)
+    host = (urlsplit(base_url).hostname or "").split(".")
+    labels = [label for label in host if label not in {"www", "m", "amp", "com", "co", "org", "net", "news"}]
+    stem = labels[:-1] or labels  # without the top-level domain
+    return {k for k in map(_squash, [*names, *stem, "".join(stem)]) if len(k) >= 2}
+
+
+def _is_site(segment: str, keys: set[str]) -> bool:
+    seg = _squash(segment)
+    if not seg:
+        return True
+    if re.fullmatch(r"[\d\W_]+", segment):  # a date or number, as in "Title | DW | 28.04.2023"
+        return True
+    return len(seg) <= 40 and any(seg == k or (len(k) >= 3 and (k in seg or seg in k)) for k in keys)
+
+
+def clean_title(title: str, keys: set[str], others: list[str | None] = ()) -> str:
+    """Drop a trailing site name (and anything after it) and use a shorter candidate the title merely extends."""
+    title = " ".join(html_lib.unescape(title).split())
+    for other in others:
+        other = " ".join((other or "").split())
+        if other and other != title and len(other) >= 10:
+            if title.startswith(other) and TITLE_SEPARATOR.match(title[len(other):]):
+                title = other  # "Headline | Section | Site" around the h1's "Headline"
+            elif title.endswith(other) and re.search(r"(?::|\s[|/\-–—])\s*$", title[:-len(other)]):
+                title = other  # "Kicker: Headline"
+    cuts = [m for m in TITLE_SEPARATOR.finditer(title)]
+    ends = [m.end() for m in cuts]
+    segments = [title[a:b.start()] for a, b in zip([0, *ends], cuts)] + [title[ends[-1] if ends else 0:]]
+    for i in range(1, len(segments)):
+        if _is_site(segments[i], keys):
+            first = i  # a short section name may sit between headline and site: "Headline | City | Site"
+            while first > 1 and len(segments[first - 1]) <= 25:
+                first -= 1
+            return title[:cuts[first - 1].start()].strip()
+    return title
+
+
+def clean_authors(names: list[str], keys: set[str]) -> list[str]:
+    """Split joined bylines ("A und B, dpa"), drop lead words and the site's own name, spell out slugs."""
+    out: list[str] = []
+    for name in names:
+        name = BYLINE_INSIDE.sub("", BYLINE_PREFIX.sub("", " ".join(html_lib.unescape(name).split())))
+        if re.search(r"\(|https?:|www\.", name) or SOURCE_CREDIT.match(name):
+            continue
+        for part in AUTHOR_JOINT.split(name):
+            part = BYLINE_SUFFIX.sub("", BYLINE_PREFIX.sub("", part.strip(" .-–—")))
+            if re.fullmatch(r"[a-z]+(?:-[a-z]+)+", part):  # a URL slug: "chuck-ross"
+                part = part.replace("-", " ").title()
+            if part and _squash(part) and not _is_site(part, keys) and part.casefold() not in NOT_NAMES \
+                    and part not in out:
+                out.append(part)
+    return out
 
 
 def read_meta(tree, base_url: str, tz: str | None = None, dayfirst: bool = False) -> PageMeta:
@@ -151,23 +186,27 @@ def read_meta(tree, base_url: str, tz: str | None = None, dayfirst: bool = False
             canonical = None
 
     articles = [o for o in _jsonld_objects(tree)
-                if any(t in str(o.get("@type", "")) for t in ("Article", "Posting", "Report"))]
-    declared = [parse_when(obj.get("datePublished"), tz, dayfirst) for obj in articles]
-    declared.append(parse_when(meta("article:published_time", "datePublished", "pubdate", "publishdate", "date",
-                                    "dc.date", "DC.date.issued"), tz, dayfirst))
-    declared = [w for w in declared if w]
-    published = next((w for w in declared if w.explicit), declared[0] if declared else None)
-    authors = [a for obj in articles for a in _names(obj.get("author"))]
-    if not authors:
-        a = meta("author", "article:author")
-        authors = [a] if a and not a.startswith("http") else []
+                if any(t in str(o.get("@type", "")) for t in ("Article", "Posting", "Report", "Review"))]
+    published = published_time(tree, articles, meta, tz, dayfirst)
+    keys = site_keys(tree, base_url, next((o.get("publisher") for o in articles if o.get("publisher")), None))
+    # JSON-LD authors (people and agencies), meta, then the visible byline; the outlet's own name only when no
+    # one else is named.
+    a = [v.strip() for v in tree.xpath('//meta[@name="author" or @property="author" or @name="article:author" or '
+                                       '@property="article:author"]/@content') if v.strip() and "://" not in v]
+    ld_names = [n for obj in articles for n in _names(obj.get("author"))]
+    authors = (clean_authors(ld_names, keys) or clean_authors(a, keys) or clean_authors([extract_author(tree) or ""], keys)
+               or clean_authors([byline(tree) or ""], keys) or clean_authors(ld_names or a, set()))
+    headline = next((o["headline"] for o in articles if isinstance(o.get("headline"), str) and o["headline"].strip()), None)
+    h1 = _first_h1(tree)
+    social = meta("og:title", "twitter:title")
+    title = headline or social or h1 or (tree.findtext(".//title") or "").strip() or None
     lang = tree.xpath("/html/@lang")
     return PageMeta(
         canonical_url=canonical,
         published_at=published.at if published else None,
         published_explicit=bool(published and published.explicit),
-        title=meta("og:title", "twitter:title") or _first_h1(tree) or (tree.findtext(".//title") or "").strip() or None,
-        authors=[" ".join(a.split()) for a in dict.fromkeys(authors) if a.strip()],
+        title=clean_title(title, keys, [h1, social]) if title else None,
+        authors=authors,
         image=_absolute(meta("og:image", "twitter:image"), base_url),
         language=(lang[0].split("-")[0].lower() if lang and lang[0].strip() else None),
     )
@@ -203,62 +242,64 @@ def detect_language(text: str, hint: str | None = None, min_prob: float = 0.9) -
     return None
 
 
-def drop_leading_title(text: str, titles: list[str | None]) -> str:
-    """Remove the headline when the extractor kept it as the first line of the body."""
-    def norm(s: str) -> str:
-        return " ".join(re.sub(r"[^\w\s]", " ", s).split()).casefold()
-
-    wanted = {norm(t) for t in titles if t and t.strip()}
-    first, _, rest = text.partition("\n")
-    return rest if wanted and norm(first) in wanted else text
-
-
-def extract_body(html: str | bytes, url: str | None, options: dict[str, Any] | None = None,
-                 titles: list[str | None] = ()) -> str:
-    """Cleaned body text of one page (metadata is read separately, see :func:`read_meta`).
-
-    ``options`` (trafilatura keyword arguments) replace our two-pass strategy with a single pass.
-    ``titles`` are headlines known from elsewhere (feed, meta tags), dropped if the body starts with one.
-    """
-    def run(opts: dict[str, Any]) -> str:
-        doc = trafilatura.bare_extraction(html, url=url, **opts)
-        return (doc.as_dict().get("text") if doc is not None else None) or ""
-
-    if options:
-        text = run(options)
-    else:
-        text, broad = run(PRECISE), run(BROAD)
-        if len(text) < RECALL_SWITCH * len(broad):
-            text = broad
-    return drop_leading_title(clean_text(text), list(titles))
-
-
 def page_date(tree, tz: str | None = None) -> When | None:
-    """Last-resort publication date from the page (htmldate; day precision, taken as 00:00 in ``tz``)."""
-    try:
-        found = htmldate.find_date(tree, extensive_search=False, original_date=True)
-    except Exception:
+    """Last-resort publication date from the page: the day its title ends with, else htmldate's; 00:00 in
+    ``tz`` unless the visible dateline of that day gives the time."""
+    day = title_day(tree)
+    if day is None:
+        try:
+            day = parse_local(htmldate.find_date(tree, extensive_search=False, original_date=True))
+        except Exception:
+            return None
+    day = with_visible_time(tree, day)
+    return in_zone(day, tz) if day is not None else None
+
+
+def site_profile(profiles: dict[str, dict[str, str | None]] | None, url: str) -> dict[str, str | None]:
+    """The per-site profile (``extract.profiles`` setting) for a page's host, ``www.`` ignored; {} when none."""
+    host = (urlsplit(url).hostname or "").removeprefix("www.")
+    return next((p for h, p in (profiles or {}).items() if h.lower().removeprefix("www.") == host), {})
+
+
+def _profile_value(tree, xpath: str | None) -> str | None:
+    found = tree.xpath(xpath) if xpath else None
+    if not found:
         return None
-    return parse_when(found, tz)
+    first = found[0] if isinstance(found, list) else found
+    text = first.text_content() if hasattr(first, "text_content") else str(first)
+    return " ".join(text.split()) or None
 
 
-XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")  # XHTML: lxml refuses a str that declares its encoding
+def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict[str, Any] | None = None,
+                    profiles: dict[str, dict[str, str | None]] | None = None) -> dict[str, Any]:
+    """A fetched page in, an article row (without entities) out. Raises ValueError when no article is found.
 
-
-def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A fetched page in, an article row (without entities) out. Raises ValueError when no article is found."""
+    ``profiles``: per-host XPath for body/title/date (the ``extract.profiles`` setting); what a profile
+    finds wins over the generic extractor, anything it leaves out is extracted as usual."""
     html = page["html"]
     if not html or not html.strip():
         raise ValueError("empty page")
     final_url = page.get("final_url") or page["url"]
-    try:
-        tree = lxml.html.fromstring(XML_DECLARATION.sub("", html, count=1) if isinstance(html, str) else html)
-    except (lxml.etree.ParserError, ValueError) as e:
-        raise ValueError(f"unparseable HTML: {e}") from None
+    tree = load_html(html)  # trafilatura's parser: one tree for the metadata, the body and every trafilatura pass
+    if tree is None:
+        raise ValueError("unparseable HTML")
     tz, dayfirst = page.get("timezone"), day_first(page.get("language") or page.get("channel_language"))
     meta = read_meta(tree, final_url, tz, dayfirst)
+    profile = site_profile(profiles, final_url)
+    if profile:
+        when = parse_when(_profile_value(tree, profile.get("date")), tz, dayfirst)
+        meta = replace(meta, title=_profile_value(tree, profile.get("title")) or meta.title,
+                       **({"published_at": when.at, "published_explicit": when.explicit} if when else {}))
     h1 = [" ".join(h.text_content().split()) for h in tree.xpath("//h1")[:2]]
-    text = extract_body(html, final_url, options, titles=[page.get("feed_title"), meta.title, *h1])
+    text = extract_body(html, final_url, options, titles=[page.get("feed_title"), meta.title, *h1], tree=tree,
+                        body_xpath=profile.get("body"))
+    authors = page.get("feed_authors") or meta.authors
+    keys = site_keys(tree, final_url)
+    if not authors or all(_is_site(a, keys) for a in authors):  # no one named: a bold byline atop the body?
+        named = bold_byline(tree, text)
+        if named:
+            authors = clean_authors([named], keys) or authors
+            text = "\n".join(line for line in text.splitlines() if line != named)
     if len(text) < min_chars:
         raise ValueError(f"no article body found ({len(text)} characters of text)")
     fetched_at = page["fetched_at"]
@@ -268,7 +309,6 @@ def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict
         When(meta.published_at, meta.published_explicit) if meta.published_at else None,
         page_date(tree, tz)], fetched_at)
     url = normalize_url(final_url)
-    authors = page.get("feed_authors") or meta.authors
     return {
         "article_id": article_id(url),
         "url": url,
@@ -293,15 +333,15 @@ def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict
 
 
 class _ExtractFn(beam.DoFn):
-    def __init__(self, min_chars: int, options: dict[str, Any] | None):
-        self.min_chars, self.options = min_chars, options
+    def __init__(self, min_chars: int, options: dict[str, Any] | None, profiles: dict[str, dict] | None = None):
+        self.min_chars, self.options, self.profiles = min_chars, options, profiles
         self.ok = beam.metrics.Metrics.counter("warta", "pages_extracted")
         self.failed = beam.metrics.Metrics.counter("warta", "extract_failed")
         self.count = 0
 
     def process(self, page):
         try:
-            row = extract_article(page, min_chars=self.min_chars, options=self.options)
+            row = extract_article(page, min_chars=self.min_chars, options=self.options, profiles=self.profiles)
         except Exception as e:  # hostile HTML must not escape: dead-letter it
             self.failed.inc()
             yield ERRORS, error_from(e, "extract", page)
@@ -319,10 +359,11 @@ class ExtractArticles(beam.PTransform):
 
     min_chars: int = 200
     options: dict[str, Any] | None = None
+    profiles: dict[str, dict[str, str | None]] | None = None  # extract.profiles: {host: {body, title, date}}
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, pages):
-        tagged = pages | "Extract" >> beam.ParDo(_ExtractFn(self.min_chars, self.options))
+        tagged = pages | "Extract" >> beam.ParDo(_ExtractFn(self.min_chars, self.options, self.profiles))
         return split(tagged, ["articles", ERRORS])
