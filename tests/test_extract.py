@@ -476,3 +476,18 @@ def test_recall_pass_runs_only_when_the_precision_pass_may_have_cut_text(monkeyp
 def test_title_ending_in_a_date_gives_the_day():
     html = story(paras(PARAS), title="Night buses for the north | City | Herald | 28.04.2024")
     assert extract_article(en_page(html))["published_at"] == datetime(2024, 4, 28, tzinfo=timezone.utc)
+
+
+def test_day_only_date_takes_the_earliest_time_the_markup_gives_that_day():
+    html = story('<div data-deploy-dt="2024.04.01 18:49" data-first-dt="2024.04.01 18:40"></div>', paras(PARAS),
+                 head='<script>var a = {"updated": "2024-04-01T20:00:00+09:00", "other": "2024.03.31 07:00"};</script>')
+    row = extract_article(en_page(html, url="https://news.example/2024/04/01/night-buses/"))
+    assert row["published_at"] == datetime(2024, 4, 1, 18, 40, tzinfo=timezone.utc)
+
+
+def test_a_cms_admin_account_is_not_the_author():
+    ld = ('<script type="application/ld+json">{"@type": "NewsArticle", "author": {"@id": '
+          '"https://dailyherald.example/author/admin/", "name": "Herald D"}}</script>')
+    by = '<p class="meta">by <a href="https://dailyherald.example/author/admin/" rel="author">Herald D</a> | 1 April 2024</p>'
+    html = story(by, "<p><strong>ANA SILVA</strong></p>", paras(PARAS), head=ld)
+    assert extract_article(en_page(html, url="https://dailyherald.example/city/night-buses"))["authors"] == ["ANA SILVA"]

@@ -82,6 +82,19 @@ def _names(value: Any) -> list[str]:
     return []
 
 
+def _listed(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+ACCOUNT = re.compile(r"/(?:author|user)s?/admin(?:istrator)?/?$", re.I)
+
+
+def _is_account(author: Any) -> bool:
+    """A JSON-LD author that is the CMS's admin account (``{"@id": "…/author/admin/", "name": "Site D"}``)."""
+    return isinstance(author, dict) and any(isinstance(author.get(k), str) and ACCOUNT.search(author[k])
+                                            for k in ("@id", "url"))
+
+
 def _first_h1(tree) -> str | None:
     for h in tree.xpath("//h1")[:1]:
         text = " ".join(h.text_content().split())
@@ -189,11 +202,13 @@ def read_meta(tree, base_url: str, tz: str | None = None, dayfirst: bool = False
                 if any(t in str(o.get("@type", "")) for t in ("Article", "Posting", "Report", "Review"))]
     published = published_time(tree, articles, meta, tz, dayfirst)
     keys = site_keys(tree, base_url, next((o.get("publisher") for o in articles if o.get("publisher")), None))
+    accounts = {_squash(n) for obj in articles for a in _listed(obj.get("author")) if _is_account(a) for n in _names(a)}
+    keys |= accounts  # a CMS account's name ("admin") is not a byline
     # JSON-LD authors (people and agencies), meta, then the visible byline; the outlet's own name only when no
     # one else is named.
     a = [v.strip() for v in tree.xpath('//meta[@name="author" or @property="author" or @name="article:author" or '
                                        '@property="article:author"]/@content') if v.strip() and "://" not in v]
-    ld_names = [n for obj in articles for n in _names(obj.get("author"))]
+    ld_names = [n for obj in articles for n in _names(obj.get("author")) if _squash(n) not in accounts]
     authors = (clean_authors(ld_names, keys) or clean_authors(a, keys) or clean_authors([extract_author(tree) or ""], keys)
                or clean_authors([byline(tree) or ""], keys) or clean_authors(ld_names or a, set()))
     headline = next((o["headline"] for o in articles if isinstance(o.get("headline"), str) and o["headline"].strip()), None)
