@@ -300,8 +300,11 @@ def test_title_loses_the_site_name_and_prefers_the_jsonld_headline():
                                     "<body></body></html>")
         assert read_meta(tree, "https://www.exampleherald.example/x").title == "Night buses for the north", raw
     ld = '<script type="application/ld+json">{"@type": "NewsArticle", "headline": "Buses &amp; trams at night"}</script>'
-    tree = lxml.html.fromstring(f'<html><head><meta property="og:title" content="Night buses">{ld}</head></html>')
+    tree = lxml.html.fromstring(f'<html><head><title>Buses</title>{ld}</head></html>')
     assert read_meta(tree, "https://x.example/").title == "Buses & trams at night"
+    # a headline HTML-escaped twice is a careless copy: og:title, when there is one, is the headline
+    tree = lxml.html.fromstring(f'<html><head><meta property="og:title" content="Night buses">{ld}</head></html>')
+    assert read_meta(tree, "https://x.example/").title == "Night buses"
     # a dash inside the headline is not a site name
     tree = lxml.html.fromstring('<html><head><meta property="og:title" content="Left - right - centre: who won"></head></html>')
     assert read_meta(tree, "https://x.example/").title == "Left - right - centre: who won"
@@ -491,3 +494,41 @@ def test_a_cms_admin_account_is_not_the_author():
     by = '<p class="meta">by <a href="https://dailyherald.example/author/admin/" rel="author">Herald D</a> | 1 April 2024</p>'
     html = story(by, "<p><strong>ANA SILVA</strong></p>", paras(PARAS), head=ld)
     assert extract_article(en_page(html, url="https://dailyherald.example/city/night-buses"))["authors"] == ["ANA SILVA"]
+
+
+def _title(head: str, h1: str = "") -> str | None:
+    import lxml.html
+    return read_meta(lxml.html.fromstring(f"<html><head>{head}</head><body><h1>{h1}</h1></body></html>"),
+                     "https://www.herald.example/x").title
+
+
+def _ld_title(headline: str) -> str:
+    return f'<script type="application/ld+json">{{"@type": "NewsArticle", "headline": "{headline}"}}</script>'
+
+
+def test_og_title_wins_where_the_jsonld_headline_only_repeats_the_page_title():
+    seo = "Night bus network extended to the north after council vote"
+    head = f'{_ld_title(seo)}<meta property="og:title" content="Night buses for the north"><title>{seo} | Herald</title>'
+    assert _title(head, seo) == "Night buses for the north"
+    # a <title> of its own wording leaves the JSON-LD headline first
+    head = head.replace(f"<title>{seo} | Herald", "<title>Buses: the council decides | Herald")
+    assert _title(head, seo) == seo
+
+
+def test_a_kicker_or_section_that_jsonld_and_og_title_both_carry_stays():
+    both = "Night buses for the north - Latest news"
+    head = f'{_ld_title(both)}<meta property="og:title" content="{both}">'
+    assert _title(head, "Night buses for the north") == both
+    # only one of them carries it: the h1's shorter headline
+    head = f'{_ld_title(both)}<meta property="og:title" content="Night buses for the north">'
+    assert _title(head, "Night buses for the north") == "Night buses for the north"
+    # the kicker written with another separator still counts
+    head = (f'{_ld_title("Transport &amp; city - Night buses for the north")}'
+            '<meta property="og:title" content="Transport &amp; city: Night buses for the north">')
+    assert _title(head, "Night buses for the north") == "Transport & city: Night buses for the north"
+
+
+def test_og_title_kicker_shown_in_the_h1_is_part_of_the_headline():
+    head = f'{_ld_title("Night buses for the north")}<meta property="og:title" content="Transport / Night buses for the north">'
+    assert _title(head, "<span>Transport</span>Night buses for the north") == "Transport / Night buses for the north"
+    assert _title(head, "Night buses for the north") == "Night buses for the north"
