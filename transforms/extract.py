@@ -365,8 +365,8 @@ def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict
     feed_time = page.get("feed_published_at")
     published = best_time([  # an explicit offset beats a time read in the feed's zone
         When(feed_time, bool(page.get("feed_time_explicit", True))) if feed_time else None,
-        When(meta.published_at, meta.published_explicit) if meta.published_at else None,
-        page_date(tree, tz)], fetched_at)
+        When(meta.published_at, meta.published_explicit) if meta.published_at else None], fetched_at) \
+        or best_time([page_date(tree, tz)], fetched_at)  # the page's day (never explicit): only as a last resort
     url = normalize_url(final_url)
     return {
         "article_id": article_id(url),
