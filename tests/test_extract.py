@@ -532,3 +532,11 @@ def test_og_title_kicker_shown_in_the_h1_is_part_of_the_headline():
     head = f'{_ld_title("Night buses for the north")}<meta property="og:title" content="Transport / Night buses for the north">'
     assert _title(head, "<span>Transport</span>Night buses for the north") == "Transport / Night buses for the north"
     assert _title(head, "Night buses for the north") == "Night buses for the north"
+
+
+def test_the_headline_two_candidates_share_after_different_kickers():
+    head = '<meta property="og:title" content="City transport: Night buses reach the northern districts">'
+    assert _title(head, "Council vote - Night buses reach the northern districts") == "Night buses reach the northern districts"
+    # a shared ending that is not a whole headline after a kicker leaves the title alone
+    head = '<meta property="og:title" content="Buses for the city reach the northern districts">'
+    assert _title(head, "Trams reach the northern districts") == "Buses for the city reach the northern districts"

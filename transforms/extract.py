@@ -11,6 +11,7 @@ import functools
 import hashlib
 import html as html_lib
 import json
+import os
 import re
 import unicodedata
 from dataclasses import dataclass, field, replace
@@ -109,6 +110,7 @@ TITLE_SEPARATOR = re.compile(r"\s+[|\-–—*·•»]\s+|\s*[|ㅣ]\s*")
 # and quote styles (ignored when candidates are compared).
 ESCAPED = re.compile(r"&(?:#\d+|#x[0-9a-f]+|[a-z]+);", re.I)
 LOOSE_SEPARATOR = re.compile(r"\s*[:|/\-–—]\s+|\s+[:|/\-–—]\s*")
+KICKER_END = re.compile(r"(?::|\s[|/\-–—])\s*$")
 QUOTES = str.maketrans({"‘": "'", "’": "'", "“": '"', "”": '"', "„": '"', "«": '"', "»": '"', "\xad": None})
 # A byline's lead word ("By", "Von", "Autor:") and the joints between several names.
 BYLINE_PREFIX = re.compile(r"^(?:by|von|van|de|por|par|af|av|autor(?:in)?|author|text|written\s+by)\b[:\s]*", re.I)
@@ -171,9 +173,11 @@ def clean_title(title: str, keys: set[str], others: list[str | None] = (), confi
             if title.startswith(other) and TITLE_SEPARATOR.match(title[len(other):]) \
                     and not any(c.startswith(_loose(title)) for c in longer):
                 title = other  # "Headline | Section | Site" around the h1's "Headline"
-            elif title.endswith(other) and re.search(r"(?::|\s[|/\-–—])\s*$", title[:-len(other)]) \
+            elif title.endswith(other) and KICKER_END.search(title[:-len(other)]) \
                     and not any(c.endswith(_loose(title)) for c in longer):
                 title = other  # "Kicker: Headline"
+            else:
+                title = _shared_tail(title, other) or title  # "Kicker: Headline" and "Other kicker - Headline"
     cuts = [m for m in TITLE_SEPARATOR.finditer(title)]
     ends = [m.end() for m in cuts]
     segments = [title[a:b.start()] for a, b in zip([0, *ends], cuts)] + [title[ends[-1] if ends else 0:]]
@@ -184,6 +188,14 @@ def clean_title(title: str, keys: set[str], others: list[str | None] = (), confi
                 first -= 1
             return title[:cuts[first - 1].start()].strip()
     return title
+
+
+def _shared_tail(a: str, b: str) -> str | None:
+    """The headline two candidates share after different kickers, or None."""
+    tail = os.path.commonprefix([a[::-1], b[::-1]])[::-1].lstrip()
+    if len(tail) >= 20 and all(KICKER_END.search(t[:-len(tail)]) for t in (a, b)):
+        return tail
+    return None
 
 
 def pick_title(headline: str | None, social: str | None, h1: str | None, page_title: str | None,
