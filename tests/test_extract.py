@@ -327,6 +327,13 @@ def test_jsonld_authors_people_first_split_and_outlet_only_as_last_resort():
         ["Ana Silva", "Tom Berg", "dpa"]
     assert authors({**art, "author": {"@type": "Organization", "name": "Example Herald"}}) == ["Example Herald"]
     assert authors({**art, "author": {"@type": "Person", "name": "ana-silva"}}) == ["Ana Silva"]
+    # a desk of the outlet is a byline of its own, beside people or alone
+    assert authors({**art, "author": [{"@type": "Person", "name": "Ana Silva"},
+                                      {"@type": "Organization", "name": "Example Herald City Desk"}]}) == \
+        ["Ana Silva", "Example Herald City Desk"]
+    assert authors({**art, "author": {"@type": "NewsMediaOrganization", "name": "Redaktion exampleherald.example"}},
+                   '<meta name="author" content="exampleherald.example, Springfield">') == \
+        ["Redaktion exampleherald.example"]
 
 
 def test_site_profile_overrides_body_title_and_date():

@@ -260,13 +260,14 @@ def read_meta(tree, base_url: str, tz: str | None = None, dayfirst: bool = False
     keys = site_keys(tree, base_url, next((o.get("publisher") for o in articles if o.get("publisher")), None))
     accounts = {_squash(n) for obj in articles for a in _listed(obj.get("author")) if _is_account(a) for n in _names(a)}
     keys |= accounts  # a CMS account's name ("admin") is not a byline
-    # JSON-LD authors (people and agencies), meta, then the visible byline; the outlet's own name only when no
-    # one else is named.
+    # JSON-LD authors (people, agencies and the outlet's desks: "Redaktion example.de", "MDR Sachsen-Anhalt"), meta,
+    # then the visible byline; the outlet's own name (og:site_name, host) only when no one else is named.
     a = [v.strip() for v in tree.xpath('//meta[@name="author" or @property="author" or @name="article:author" or '
                                        '@property="article:author"]/@content') if v.strip() and "://" not in v]
     ld_names = [n for obj in articles for n in _names(obj.get("author")) if _squash(n) not in accounts]
-    authors = (clean_authors(ld_names, keys) or clean_authors(a, keys) or clean_authors([extract_author(tree) or ""], keys)
-               or clean_authors([byline(tree) or ""], keys) or clean_authors(ld_names or a, set()))
+    authors = ([n for n in clean_authors(ld_names, set()) if _squash(n) not in keys] or clean_authors(a, keys)
+               or clean_authors([extract_author(tree) or ""], keys) or clean_authors([byline(tree) or ""], keys)
+               or clean_authors(ld_names or a, set()))
     headline = next((o["headline"] for o in articles if isinstance(o.get("headline"), str) and o["headline"].strip()), None)
     h1 = _first_h1(tree)
     social = meta("og:title", "twitter:title")
