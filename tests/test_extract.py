@@ -547,3 +547,9 @@ def test_the_headline_two_candidates_share_after_different_kickers():
     # a shared ending that is not a whole headline after a kicker leaves the title alone
     head = '<meta property="og:title" content="Buses for the city reach the northern districts">'
     assert _title(head, "Trams reach the northern districts") == "Buses for the city reach the northern districts"
+
+
+def test_a_headline_meta_tag_stands_in_for_a_missing_jsonld_headline():
+    head = ('<meta name="headline" content="Night buses for the north">'
+            '<meta property="og:title" content="Night buses for the north-Cityㅣ Herald">')
+    assert _title(head) == "Night buses for the north"

@@ -268,7 +268,8 @@ def read_meta(tree, base_url: str, tz: str | None = None, dayfirst: bool = False
     authors = ([n for n in clean_authors(ld_names, set()) if _squash(n) not in keys] or clean_authors(a, keys)
                or clean_authors([extract_author(tree) or ""], keys) or clean_authors([byline(tree) or ""], keys)
                or clean_authors(ld_names or a, set()))
-    headline = next((o["headline"] for o in articles if isinstance(o.get("headline"), str) and o["headline"].strip()), None)
+    headline = next((o["headline"] for o in articles if isinstance(o.get("headline"), str) and o["headline"].strip()),
+                    None) or meta("headline")  # JSON-LD, else a <meta name/itemprop="headline">
     h1 = _first_h1(tree)
     social = meta("og:title", "twitter:title")
     title = pick_title(headline, social, h1, (tree.findtext(".//title") or "").strip() or None, keys)
