@@ -7,7 +7,7 @@ zone takes the offset of another date on the page that shows the same wall-clock
 (``"2023-04-28 18:11"`` in JSON-LD, ``2023-04-28T18:11+02:00`` in a meta tag); otherwise it is read in the feed's time zone
 (:mod:`transforms.dates`), else as UTC.
 Without any, the day comes from the title ("… | 28.04.2023") or htmldate, with the clock time of the visible
-dateline of that day. Bylines: a short "By …"/"Autor: …" block, or a bold name atop the body.
+dateline of that day, else the earliest the markup writes for that day. Bylines: a short "By …"/"Autor: …" block, or a bold name atop the body.
 """
 
 from __future__ import annotations
