@@ -300,8 +300,11 @@ def test_title_loses_the_site_name_and_prefers_the_jsonld_headline():
                                     "<body></body></html>")
         assert read_meta(tree, "https://www.exampleherald.example/x").title == "Night buses for the north", raw
     ld = '<script type="application/ld+json">{"@type": "NewsArticle", "headline": "Buses &amp; trams at night"}</script>'
-    tree = lxml.html.fromstring(f'<html><head><meta property="og:title" content="Night buses">{ld}</head></html>')
+    tree = lxml.html.fromstring(f'<html><head><title>Buses</title>{ld}</head></html>')
     assert read_meta(tree, "https://x.example/").title == "Buses & trams at night"
+    # a headline HTML-escaped twice is a careless copy: og:title, when there is one, is the headline
+    tree = lxml.html.fromstring(f'<html><head><meta property="og:title" content="Night buses">{ld}</head></html>')
+    assert read_meta(tree, "https://x.example/").title == "Night buses"
     # a dash inside the headline is not a site name
     tree = lxml.html.fromstring('<html><head><meta property="og:title" content="Left - right - centre: who won"></head></html>')
     assert read_meta(tree, "https://x.example/").title == "Left - right - centre: who won"
@@ -324,6 +327,13 @@ def test_jsonld_authors_people_first_split_and_outlet_only_as_last_resort():
         ["Ana Silva", "Tom Berg", "dpa"]
     assert authors({**art, "author": {"@type": "Organization", "name": "Example Herald"}}) == ["Example Herald"]
     assert authors({**art, "author": {"@type": "Person", "name": "ana-silva"}}) == ["Ana Silva"]
+    # a desk of the outlet is a byline of its own, beside people or alone
+    assert authors({**art, "author": [{"@type": "Person", "name": "Ana Silva"},
+                                      {"@type": "Organization", "name": "Example Herald City Desk"}]}) == \
+        ["Ana Silva", "Example Herald City Desk"]
+    assert authors({**art, "author": {"@type": "NewsMediaOrganization", "name": "Redaktion exampleherald.example"}},
+                   '<meta name="author" content="exampleherald.example, Springfield">') == \
+        ["Redaktion exampleherald.example"]
 
 
 def test_site_profile_overrides_body_title_and_date():
@@ -476,3 +486,70 @@ def test_recall_pass_runs_only_when_the_precision_pass_may_have_cut_text(monkeyp
 def test_title_ending_in_a_date_gives_the_day():
     html = story(paras(PARAS), title="Night buses for the north | City | Herald | 28.04.2024")
     assert extract_article(en_page(html))["published_at"] == datetime(2024, 4, 28, tzinfo=timezone.utc)
+
+
+def test_day_only_date_takes_the_earliest_time_the_markup_gives_that_day():
+    html = story('<div data-deploy-dt="2024.04.01 18:49" data-first-dt="2024.04.01 18:40"></div>', paras(PARAS),
+                 head='<script>var a = {"updated": "2024-04-01T20:00:00+09:00", "other": "2024.03.31 07:00"};</script>')
+    row = extract_article(en_page(html, url="https://news.example/2024/04/01/night-buses/"))
+    assert row["published_at"] == datetime(2024, 4, 1, 18, 40, tzinfo=timezone.utc)
+
+
+def test_a_cms_admin_account_is_not_the_author():
+    ld = ('<script type="application/ld+json">{"@type": "NewsArticle", "author": {"@id": '
+          '"https://dailyherald.example/author/admin/", "name": "Herald D"}}</script>')
+    by = '<p class="meta">by <a href="https://dailyherald.example/author/admin/" rel="author">Herald D</a> | 1 April 2024</p>'
+    html = story(by, "<p><strong>ANA SILVA</strong></p>", paras(PARAS), head=ld)
+    assert extract_article(en_page(html, url="https://dailyherald.example/city/night-buses"))["authors"] == ["ANA SILVA"]
+
+
+def _title(head: str, h1: str = "") -> str | None:
+    import lxml.html
+    return read_meta(lxml.html.fromstring(f"<html><head>{head}</head><body><h1>{h1}</h1></body></html>"),
+                     "https://www.herald.example/x").title
+
+
+def _ld_title(headline: str) -> str:
+    return f'<script type="application/ld+json">{{"@type": "NewsArticle", "headline": "{headline}"}}</script>'
+
+
+def test_og_title_wins_where_the_jsonld_headline_only_repeats_the_page_title():
+    seo = "Night bus network extended to the north after council vote"
+    head = f'{_ld_title(seo)}<meta property="og:title" content="Night buses for the north"><title>{seo} | Herald</title>'
+    assert _title(head, seo) == "Night buses for the north"
+    # a <title> of its own wording leaves the JSON-LD headline first
+    head = head.replace(f"<title>{seo} | Herald", "<title>Buses: the council decides | Herald")
+    assert _title(head, seo) == seo
+
+
+def test_a_kicker_or_section_that_jsonld_and_og_title_both_carry_stays():
+    both = "Night buses for the north - Latest news"
+    head = f'{_ld_title(both)}<meta property="og:title" content="{both}">'
+    assert _title(head, "Night buses for the north") == both
+    # only one of them carries it: the h1's shorter headline
+    head = f'{_ld_title(both)}<meta property="og:title" content="Night buses for the north">'
+    assert _title(head, "Night buses for the north") == "Night buses for the north"
+    # the kicker written with another separator still counts
+    head = (f'{_ld_title("Transport &amp; city - Night buses for the north")}'
+            '<meta property="og:title" content="Transport &amp; city: Night buses for the north">')
+    assert _title(head, "Night buses for the north") == "Transport & city: Night buses for the north"
+
+
+def test_og_title_kicker_shown_in_the_h1_is_part_of_the_headline():
+    head = f'{_ld_title("Night buses for the north")}<meta property="og:title" content="Transport / Night buses for the north">'
+    assert _title(head, "<span>Transport</span>Night buses for the north") == "Transport / Night buses for the north"
+    assert _title(head, "Night buses for the north") == "Night buses for the north"
+
+
+def test_the_headline_two_candidates_share_after_different_kickers():
+    head = '<meta property="og:title" content="City transport: Night buses reach the northern districts">'
+    assert _title(head, "Council vote - Night buses reach the northern districts") == "Night buses reach the northern districts"
+    # a shared ending that is not a whole headline after a kicker leaves the title alone
+    head = '<meta property="og:title" content="Buses for the city reach the northern districts">'
+    assert _title(head, "Trams reach the northern districts") == "Buses for the city reach the northern districts"
+
+
+def test_a_headline_meta_tag_stands_in_for_a_missing_jsonld_headline():
+    head = ('<meta name="headline" content="Night buses for the north">'
+            '<meta property="og:title" content="Night buses for the north-Cityㅣ Herald">')
+    assert _title(head) == "Night buses for the north"

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import html as html_lib
 import json
+import os
 import re
 import unicodedata
 from dataclasses import dataclass, field, replace
@@ -82,6 +83,19 @@ def _names(value: Any) -> list[str]:
     return []
 
 
+def _listed(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+ACCOUNT = re.compile(r"/(?:author|user)s?/admin(?:istrator)?/?$", re.I)
+
+
+def _is_account(author: Any) -> bool:
+    """A JSON-LD author that is the CMS's admin account (``{"@id": "…/author/admin/", "name": "Site D"}``)."""
+    return isinstance(author, dict) and any(isinstance(author.get(k), str) and ACCOUNT.search(author[k])
+                                            for k in ("@id", "url"))
+
+
 def _first_h1(tree) -> str | None:
     for h in tree.xpath("//h1")[:1]:
         text = " ".join(h.text_content().split())
@@ -92,6 +106,12 @@ def _first_h1(tree) -> str | None:
 
 # Separators between a headline and the site name / section / date in <title> and og:title.
 TITLE_SEPARATOR = re.compile(r"\s+[|\-–—*·•»]\s+|\s*[|ㅣ]\s*")
+# A JSON-LD headline with HTML entities left in ("Kohberger&#8217;s"), separators between kicker and headline,
+# and quote styles (ignored when candidates are compared).
+ESCAPED = re.compile(r"&(?:#\d+|#x[0-9a-f]+|[a-z]+);", re.I)
+LOOSE_SEPARATOR = re.compile(r"\s*[:|/\-–—]\s+|\s+[:|/\-–—]\s*")
+KICKER_END = re.compile(r"(?::|\s[|/\-–—])\s*$")
+QUOTES = str.maketrans({"‘": "'", "’": "'", "“": '"', "”": '"', "„": '"', "«": '"', "»": '"', "\xad": None})
 # A byline's lead word ("By", "Von", "Autor:") and the joints between several names.
 BYLINE_PREFIX = re.compile(r"^(?:by|von|van|de|por|par|af|av|autor(?:in)?|author|text|written\s+by)\b[:\s]*", re.I)
 # A lead before the byline word: "Capital von Jemima Kelly" (a brand), not "Ursula von der Leyen".
@@ -129,16 +149,35 @@ def _is_site(segment: str, keys: set[str]) -> bool:
     return len(seg) <= 40 and any(seg == k or (len(k) >= 3 and (k in seg or seg in k)) for k in keys)
 
 
-def clean_title(title: str, keys: set[str], others: list[str | None] = ()) -> str:
-    """Drop a trailing site name (and anything after it) and use a shorter candidate the title merely extends."""
-    title = " ".join(html_lib.unescape(title).split())
-    for other in others:
-        other = " ".join((other or "").split())
+def _spaced(text: str | None) -> str:
+    return " ".join(html_lib.unescape(text or "").split())
+
+
+def _loose(text: str) -> str:
+    """For comparing kickers: "Kicker: Headline" and "Kicker - Headline" alike."""
+    return LOOSE_SEPARATOR.sub(" ", text)
+
+
+def _same_words(a: str | None, b: str | None) -> bool:
+    """Equal but for spacing, case and the style of quotes."""
+    return _spaced(a).translate(QUOTES).casefold() == _spaced(b).translate(QUOTES).casefold()
+
+
+def clean_title(title: str, keys: set[str], others: list[str | None] = (), confirm: list[str | None] = ()) -> str:
+    """Drop a trailing site name (and anything after it) and use a shorter candidate (``others``) the title
+    merely extends with a kicker or a section, unless a candidate in ``confirm`` carries that kicker or section too."""
+    title = _spaced(title)
+    for other in map(_spaced, others):
         if other and other != title and len(other) >= 10:
-            if title.startswith(other) and TITLE_SEPARATOR.match(title[len(other):]):
+            longer = [_loose(c) for c in map(_spaced, confirm) if c != other and other in c]
+            if title.startswith(other) and TITLE_SEPARATOR.match(title[len(other):]) \
+                    and not any(c.startswith(_loose(title)) for c in longer):
                 title = other  # "Headline | Section | Site" around the h1's "Headline"
-            elif title.endswith(other) and re.search(r"(?::|\s[|/\-–—])\s*$", title[:-len(other)]):
+            elif title.endswith(other) and KICKER_END.search(title[:-len(other)]) \
+                    and not any(c.endswith(_loose(title)) for c in longer):
                 title = other  # "Kicker: Headline"
+            else:
+                title = _shared_tail(title, other) or title  # "Kicker: Headline" and "Other kicker - Headline"
     cuts = [m for m in TITLE_SEPARATOR.finditer(title)]
     ends = [m.end() for m in cuts]
     segments = [title[a:b.start()] for a, b in zip([0, *ends], cuts)] + [title[ends[-1] if ends else 0:]]
@@ -149,6 +188,36 @@ def clean_title(title: str, keys: set[str], others: list[str | None] = ()) -> st
                 first -= 1
             return title[:cuts[first - 1].start()].strip()
     return title
+
+
+def _shared_tail(a: str, b: str) -> str | None:
+    """The headline two candidates share after different kickers, or None."""
+    tail = os.path.commonprefix([a[::-1], b[::-1]])[::-1].lstrip()
+    if len(tail) >= 20 and all(KICKER_END.search(t[:-len(tail)]) for t in (a, b)):
+        return tail
+    return None
+
+
+def pick_title(headline: str | None, social: str | None, h1: str | None, page_title: str | None,
+               keys: set[str]) -> str | None:
+    """The headline among the JSON-LD headline, og:title, first h1 and <title>, cleaned (:func:`clean_title`).
+
+    The JSON-LD headline first, unless it is HTML-escaped twice (a careless copy). Where it and og:title
+    word the headline differently, og:title wins when the JSON-LD headline only repeats the <title> (the
+    search-engine copy), or when og:title adds a kicker to it that the h1 shows too."""
+    def clean(text, confirm):
+        return clean_title(text, keys, [h1, social], confirm) if text else None
+    first = headline if headline and not ESCAPED.search(headline) else None
+    chosen = clean(first or social or headline or h1 or page_title, [social if first else headline])
+    if not (headline and social):
+        return chosen
+    ld, og = clean(headline, [social]), clean(social, [headline])
+    if _same_words(ld, og):
+        return chosen
+    if _same_words(clean(page_title, [headline, social]), ld):
+        return og
+    shown = _squash(h1 or "")
+    return og if shown and _squash(og) == shown != _squash(ld) and shown.endswith(_squash(ld)) else chosen
 
 
 def clean_authors(names: list[str], keys: set[str]) -> list[str]:
@@ -189,23 +258,27 @@ def read_meta(tree, base_url: str, tz: str | None = None, dayfirst: bool = False
                 if any(t in str(o.get("@type", "")) for t in ("Article", "Posting", "Report", "Review"))]
     published = published_time(tree, articles, meta, tz, dayfirst)
     keys = site_keys(tree, base_url, next((o.get("publisher") for o in articles if o.get("publisher")), None))
-    # JSON-LD authors (people and agencies), meta, then the visible byline; the outlet's own name only when no
-    # one else is named.
+    accounts = {_squash(n) for obj in articles for a in _listed(obj.get("author")) if _is_account(a) for n in _names(a)}
+    keys |= accounts  # a CMS account's name ("admin") is not a byline
+    # JSON-LD authors (people, agencies and the outlet's desks: "Redaktion example.de", "MDR Sachsen-Anhalt"), meta,
+    # then the visible byline; the outlet's own name (og:site_name, host) only when no one else is named.
     a = [v.strip() for v in tree.xpath('//meta[@name="author" or @property="author" or @name="article:author" or '
                                        '@property="article:author"]/@content') if v.strip() and "://" not in v]
-    ld_names = [n for obj in articles for n in _names(obj.get("author"))]
-    authors = (clean_authors(ld_names, keys) or clean_authors(a, keys) or clean_authors([extract_author(tree) or ""], keys)
-               or clean_authors([byline(tree) or ""], keys) or clean_authors(ld_names or a, set()))
-    headline = next((o["headline"] for o in articles if isinstance(o.get("headline"), str) and o["headline"].strip()), None)
+    ld_names = [n for obj in articles for n in _names(obj.get("author")) if _squash(n) not in accounts]
+    authors = ([n for n in clean_authors(ld_names, set()) if _squash(n) not in keys] or clean_authors(a, keys)
+               or clean_authors([extract_author(tree) or ""], keys) or clean_authors([byline(tree) or ""], keys)
+               or clean_authors(ld_names or a, set()))
+    headline = next((o["headline"] for o in articles if isinstance(o.get("headline"), str) and o["headline"].strip()),
+                    None) or meta("headline")  # JSON-LD, else a <meta name/itemprop="headline">
     h1 = _first_h1(tree)
     social = meta("og:title", "twitter:title")
-    title = headline or social or h1 or (tree.findtext(".//title") or "").strip() or None
+    title = pick_title(headline, social, h1, (tree.findtext(".//title") or "").strip() or None, keys)
     lang = tree.xpath("/html/@lang")
     return PageMeta(
         canonical_url=canonical,
         published_at=published.at if published else None,
         published_explicit=bool(published and published.explicit),
-        title=clean_title(title, keys, [h1, social]) if title else None,
+        title=title,
         authors=authors,
         image=_absolute(meta("og:image", "twitter:image"), base_url),
         language=(lang[0].split("-")[0].lower() if lang and lang[0].strip() else None),
@@ -306,8 +379,8 @@ def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict
     feed_time = page.get("feed_published_at")
     published = best_time([  # an explicit offset beats a time read in the feed's zone
         When(feed_time, bool(page.get("feed_time_explicit", True))) if feed_time else None,
-        When(meta.published_at, meta.published_explicit) if meta.published_at else None,
-        page_date(tree, tz)], fetched_at)
+        When(meta.published_at, meta.published_explicit) if meta.published_at else None], fetched_at) \
+        or best_time([page_date(tree, tz)], fetched_at)  # the page's day (never explicit): only as a last resort
     url = normalize_url(final_url)
     return {
         "article_id": article_id(url),

@@ -7,7 +7,7 @@ zone takes the offset of another date on the page that shows the same wall-clock
 (``"2023-04-28 18:11"`` in JSON-LD, ``2023-04-28T18:11+02:00`` in a meta tag); otherwise it is read in the feed's time zone
 (:mod:`transforms.dates`), else as UTC.
 Without any, the day comes from the title ("… | 28.04.2023") or htmldate, with the clock time of the visible
-dateline of that day. Bylines: a short "By …"/"Autor: …" block, or a bold name atop the body.
+dateline of that day, else the earliest the markup writes for that day. Bylines: a short "By …"/"Autor: …" block, or a bold name atop the body.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 from typing import Iterable
+
+from lxml.etree import tostring
 
 from transforms.dates import When, in_zone, parse_local
 from transforms.extract_body import OUTSIDE
@@ -90,7 +92,9 @@ CLOCK = re.compile(r"(?<![\d:.])([01]?\d|2[0-3])[:.h](\d\d)(?![\d:.])")
 
 def with_visible_time(tree, day: datetime | None) -> datetime | None:
     """A day-only date (htmldate) with the time of day of the page's visible dateline, when the first
-    date/time-classed element shows that same day and year with a clock time ("01. April 2025, 15:25")."""
+    date/time-classed element shows that same day and year with a clock time ("01. April 2025, 15:25");
+    else with the earliest time the markup (attributes, script data) writes for that day without an
+    offset (``data-deploy-dt="2026.01.29 18:40"``)."""
     if day is None or (day.hour, day.minute) != (0, 0):
         return day
     for el in tree.xpath(DATED)[:3]:
@@ -98,7 +102,9 @@ def with_visible_time(tree, day: datetime | None) -> datetime | None:
         clock = CLOCK.search(text)
         if clock and str(day.year) in text and re.search(rf"(?<!\d)0?{day.day}(?!\d)", text.replace(str(day.year), "")):
             return day.replace(hour=int(clock.group(1)), minute=int(clock.group(2)))
-    return day
+    stamp = re.compile(rf"(?<!\d){day.year}(?P<sep>[-./]){day.month:02d}(?P=sep){day.day:02d}[T ]([01]\d|2[0-3]):([0-5]\d)(?![\d:]*[+Z-])")
+    clocks = [(int(h), int(m)) for _, h, m in stamp.findall(tostring(tree, encoding="unicode"))]
+    return day.replace(hour=min(clocks)[0], minute=min(clocks)[1]) if clocks else day
 
 
 TITLE_DATE = re.compile(r"[|\-–—]\s*(\d{1,2})\.(\d{1,2})\.(\d{4})$")
