@@ -17,6 +17,9 @@ STEPS = [
     ["bench/bench_pipeline.py", "--sizes", "10000", "--modes", "default", "--json", "bench/results/pipeline_10000.json"],
     ["bench/bench_pipeline.py", "--sizes", "10000", "--outlets", "200", "--no-ner", "--modes", "default",
      "--host-delay", "0.02", "--json", "bench/results/load_200x50.json"],
+    ["bench/bench_archive.py", "--sizes", "1000", "3000"],
+    ["bench/bench_lake.py"],
+    ["bench/bench_report.py"],
 ]
 
 if __name__ == "__main__":
