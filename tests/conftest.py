@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.example import atom_feed, rss_feed, wordpress_page  # noqa: E402
 from pipeline.loopback import LoopbackServer, Route  # noqa: E402
 
-FIXTURES = ROOT / "tests" / "fixtures"  # tests read only these, never ../shared
+FIXTURES = ROOT / "tests" / "fixtures"  # tests read only these, never the workspace's shared data
 WIB = timezone(timedelta(hours=7))
 T0 = datetime(2024, 11, 12, 10, 0, tzinfo=WIB)
 

@@ -1,4 +1,5 @@
-"""Regenerate the golden extraction fixtures (HTML -> expected JSON). Run once; outputs are committed.
+"""Regenerate the golden extraction fixtures in tests/golden (HTML -> expected JSON). Run once
+(``python bench/make_golden.py``); the outputs are committed and the tests read only them.
 
 Each fixture is an article page in a layout real Indonesian outlets use (WordPress themes, and
 detik-, kompas- and tribun-like templates), with their boilerplate: "Baca Juga" links, ad and scroll
@@ -15,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+ROOT = Path(__file__).resolve().parents[1]
+HERE = ROOT / "tests" / "golden"  # where the fixtures are written
 sys.path.insert(0, str(ROOT))
 from transforms.segment import detokenize  # noqa: E402
 from pipeline.example import wordpress_page  # noqa: E402
@@ -129,7 +130,7 @@ def tribun(title, paras, date, author):
 
 
 def main():
-    seed = [l.strip() for l in (HERE.parent / "fixtures/seed/jurnalpatrolinews-korea-utara.txt").read_text().splitlines()
+    seed = [l.strip() for l in (ROOT / "tests" / "fixtures/seed/jurnalpatrolinews-korea-utara.txt").read_text().splitlines()
             if l.strip()]
     seed_title, seed_paras = seed[0], [l for l in seed[1:] if l != "Komentar"]
     sents = nergrit(60)
