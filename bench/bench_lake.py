@@ -10,7 +10,7 @@
    real 15-minute schedule is about 12x the one measured (reported as ``files_at_15min``).
 2. Three DuckDB queries (count by source and day; top entities of a week; one article by URL, also with
    its source) over the raw lake, the compacted lake (``**`` glob with ``union_by_name``, and a fixed-depth
-   glob without it), and the same rows in one file (median of 5 warm runs; 1 on the raw lake). The same rows
+   glob without it), and the same rows in one file (median of 15 warm runs; 1 on the raw lake). The same rows
    committed with the ``date`` and the ``month`` layouts and compacted; the ``month`` layout has no ``date``
    column, so its queries (and the single file's, for its ratios) use the article's day
    ``coalesce(published_at, fetched_at)::date`` (UTC) instead.
@@ -111,9 +111,13 @@ def relayout(table: pa.Table, out: Path, layout: str) -> dict:
         polls.setdefault(row["fetched_at"], []).append(row)
     for when, arts in sorted(polls.items()):
         poll(store, f"{when:%Y%m%dT%H%M%S}-{layout}", arts, [], layout=layout)
+    size = sum(p.stat().st_size for p in lake_files(out))
     t = time.perf_counter()
     stats = compact(store, Policy())
-    return {**stats, "seconds": round(time.perf_counter() - t, 2)}
+    secs = time.perf_counter() - t
+    return {**stats, "seconds": round(secs, 2), "input_mb": round(size / 1e6, 1),
+            "seconds_per_gb": round(secs / (size / 1e9), 1),
+            "bytes_after": sum(p.stat().st_size for p in lake_files(out))}
 
 
 def lake_files(out: Path) -> list[Path]:
@@ -129,7 +133,7 @@ QUERIES = {
 }
 
 
-def time_queries(src: str, url: str, repeat: int = 5, day: str = "date") -> dict:
+def time_queries(src: str, url: str, repeat: int = 15, day: str = "date") -> dict:
     """``day``: the column or expression of the article's day (the ``date`` partition column by default)."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -254,9 +258,9 @@ def main(argv=None) -> int:
         result["queries_month_layout"] = time_queries(
             f"read_parquet('{tmp}/by_month/articles/*/*.parquet', hive_partitioning=true)", probe, day=DAY)
         result["queries_single_file_day_expr"] = time_queries(f"read_parquet('{single}')", probe, day=DAY)
+        single_day_expr = result["queries_single_file_day_expr"]
         result["month_layout_vs_single"] = {q: round(result["queries_month_layout"][q]["median_s"]
-                                                     / max(1e-9, result["queries_single_file_day_expr"][q]["median_s"]), 1)
-                                            for q in QUERIES}
+                                                     / max(1e-9, single_day_expr[q]["median_s"]), 1) for q in QUERIES}
         if args.keys:
             result["state_load"] = [state_load(n, tmp) for n in args.keys]
         elif args.json.exists():  # not measured this time: keep the last measurement
