@@ -10,7 +10,10 @@
    real 15-minute schedule is about 12x the one measured (reported as ``files_at_15min``).
 2. Three DuckDB queries (count by source and day; top entities of a week; one article by URL, also with
    its source) over the raw lake, the compacted lake (``**`` glob with ``union_by_name``, and a fixed-depth
-   glob without it), and the same rows in one file (median of 5 warm runs; 1 on the raw lake).
+   glob without it), and the same rows in one file (median of 15 warm runs; 1 on the raw lake). The same rows
+   committed with the ``date`` and the ``month`` layouts and compacted; the ``month`` layout has no ``date``
+   column, so its queries (and the single file's, for its ratios) use the article's day
+   ``coalesce(published_at, fetched_at)::date`` (UTC) instead.
 3. ``warta compact``'s work (``lake.compact.compact``): seconds, and seconds per GB of input.
 4. Per-run state load at 1M and 10M keys (folded keys file): seconds and RSS growth in a fresh process,
    and the time of 2,000 lookups (half known) as polling and dedup make them.
@@ -41,6 +44,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from lake.commit import commit  # noqa: E402
 from lake.compact import Policy, compact  # noqa: E402
+from lake.metrics import DAY  # noqa: E402
 from lake.state import index_table, key64  # noqa: E402
 from lake.store import Store  # noqa: E402
 from transforms.write import ARTICLE_SCHEMA, ERROR_SCHEMA, partition_of, rows_table, staging_dir  # noqa: E402
@@ -99,24 +103,43 @@ def simulate(out: Path, days: int, outlets: int, polls: int, per_day: int) -> di
     return {"articles": n, "seconds": round(time.monotonic() - t0, 1)}
 
 
+def relayout(table: pa.Table, out: Path, layout: str) -> dict:
+    """Commit the simulated rows again, poll by poll (grouped by fetch time), with ``layout``; then compact."""
+    store = Store(str(out))
+    polls: dict[datetime, list[dict]] = {}
+    for row in table.drop_columns(["date"]).to_pylist():
+        polls.setdefault(row["fetched_at"], []).append(row)
+    for when, arts in sorted(polls.items()):
+        poll(store, f"{when:%Y%m%dT%H%M%S}-{layout}", arts, [], layout=layout)
+    size = sum(p.stat().st_size for p in lake_files(out))
+    t = time.perf_counter()
+    stats = compact(store, Policy())
+    secs = time.perf_counter() - t
+    return {**stats, "seconds": round(secs, 2), "input_mb": round(size / 1e6, 1),
+            "seconds_per_gb": round(secs / (size / 1e9), 1),
+            "bytes_after": sum(p.stat().st_size for p in lake_files(out))}
+
+
 def lake_files(out: Path) -> list[Path]:
     return [p for d in ("articles", "errors") for p in (out / d).rglob("*.parquet")]
 
 
 QUERIES = {
-    "count_by_source_day": "select source, date, count(*) from {src} group by all",
+    "count_by_source_day": "select source, {day} as day, count(*) from {src} group by all",
     "top_entities_week": "select e.text, count(*) as c from (select unnest(entities) as e from {src} "
-                         "where date between DATE '2024-10-07' and DATE '2024-10-13') group by 1 order by c desc limit 20",
+                         "where {day} between DATE '2024-10-07' and DATE '2024-10-13') group by 1 order by c desc limit 20",
     "article_by_url": "select title, published_at from {src} where url = '{url}'",
     "article_by_url_and_source": "select title, published_at from {src} where source = '{source}' and url = '{url}'",
 }
 
 
-def time_queries(src: str, url: str, repeat: int = 5) -> dict:
+def time_queries(src: str, url: str, repeat: int = 15, day: str = "date") -> dict:
+    """``day``: the column or expression of the article's day (the ``date`` partition column by default)."""
     con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
     out = {}
     for name, q in QUERIES.items():
-        sql = q.format(src=src, url=url, source=url.split("//")[1].split(".")[0])
+        sql = q.format(src=src, url=url, source=url.split("//")[1].split(".")[0], day=day)
         t = time.perf_counter()
         first = con.sql(sql).fetchall()
         cold = time.perf_counter() - t
@@ -221,17 +244,27 @@ def main(argv=None) -> int:
             result[f"{variant}_vs_single"] = {q: round(result[f"queries_{variant}"][q]["median_s"]
                                                        / max(1e-9, result["queries_single_file"][q]["median_s"]), 1)
                                               for q in QUERIES}
-        # the same rows with the `date` layout (source a column), committed and compacted
-        by_date = Store(str(tmp / "by_date"))
-        poll(by_date, "20241101T000000-all", table.drop_columns(["date"]).to_pylist(), [], layout="date")
-        compact(by_date, Policy())
+        # the same rows, in the same polls, with the `date` layout (source a column), committed and compacted
+        result["date_layout_compaction"] = relayout(table, tmp / "by_date", "date")
         result["files_date_layout"] = len(lake_files(tmp / "by_date"))
         result["queries_date_layout"] = time_queries(
             f"read_parquet('{tmp}/by_date/articles/*/*.parquet', hive_partitioning=true)", probe)
         result["date_layout_vs_single"] = {q: round(result["queries_date_layout"][q]["median_s"]
                                                     / max(1e-9, result["queries_single_file"][q]["median_s"]), 1)
                                            for q in QUERIES}
-        result["state_load"] = [state_load(n, tmp) for n in args.keys]
+        # and with the `month` layout (one partition a month, the day a query expression): same rows
+        result["month_layout_compaction"] = relayout(table, tmp / "by_month", "month")
+        result["files_month_layout"] = len(lake_files(tmp / "by_month"))
+        result["queries_month_layout"] = time_queries(
+            f"read_parquet('{tmp}/by_month/articles/*/*.parquet', hive_partitioning=true)", probe, day=DAY)
+        result["queries_single_file_day_expr"] = time_queries(f"read_parquet('{single}')", probe, day=DAY)
+        single_day_expr = result["queries_single_file_day_expr"]
+        result["month_layout_vs_single"] = {q: round(result["queries_month_layout"][q]["median_s"]
+                                                     / max(1e-9, single_day_expr[q]["median_s"]), 1) for q in QUERIES}
+        if args.keys:
+            result["state_load"] = [state_load(n, tmp) for n in args.keys]
+        elif args.json.exists():  # not measured this time: keep the last measurement
+            result["state_load"] = json.loads(args.json.read_text()).get("state_load")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(json.dumps(result, indent=1, default=str))

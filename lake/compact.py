@@ -2,7 +2,8 @@
 
 Runs under the output's lock, with a commit protocol shaped like a run's (:mod:`lake.commit`):
 
-1. plan: partitions holding several files, at least one not yet compacted; partitions past retention;
+1. plan: partitions holding several files, at least one not yet compacted; partitions past retention
+   (a ``month=`` partition once all of its month is: its rows are kept up to a month past retention);
 2. the new files written under ``_state/compact/<id>/<partition>/`` (rows sorted by ``published_at``,
    errors by ``at``; zstd; row groups of about 32 MB; statistics on);
 3. ``COMMIT`` marker listing, per partition, the new files and the old files they replace — the commit point;
@@ -22,7 +23,7 @@ import math
 import posixpath
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Callable, Iterable
 
 import pyarrow as pa
@@ -40,6 +41,7 @@ DATASETS = {"articles": (ARTICLE_SCHEMA, ["published_at", "fetched_at", "article
             "errors": (ERROR_SCHEMA, ["at", "url", "stage"])}
 ROW_GROUP_BYTES = 32 * 2**20
 _DAY = re.compile(r"(?:^|/)(?:ingest_)?date=(\d{4}-\d{2}-\d{2})(?:/|$)")
+_MONTH = re.compile(r"(?:^|/)month=(\d{4})-(\d{2})(?:/|$)")
 
 
 @dataclass
@@ -55,9 +57,32 @@ class Policy:
                    retention_days={"articles": lake.retention_days, "errors": lake.errors_retention_days})
 
 
-def partition_day(partition: str) -> str | None:
-    m = _DAY.search(partition)
-    return m.group(1) if m else None
+def partition_last_day(partition: str) -> date | None:
+    """The last day a partition holds rows of: its day (``date=``, ``ingest_date=``), the last day of its
+    month (``month=``); None for other paths."""
+    if m := _DAY.search(partition):
+        return date.fromisoformat(m.group(1))
+    if m := _MONTH.search(partition):
+        year, month = int(m.group(1)), int(m.group(2))
+        return date(year + month // 12, month % 12 + 1, 1) - timedelta(days=1)
+    return None
+
+
+def expired(partition: str, days: int | None, today: date) -> bool:
+    last = partition_last_day(partition)
+    return bool(days and last and last < today - timedelta(days=days))
+
+
+def closed_partitions(layout: str, now: datetime) -> list[str]:
+    """Partitions that stopped receiving on-time rows: yesterday's (UTC) days; with the ``month`` layout,
+    yesterday's month only once it is over (runs on the 1st of a month; during the month its partition is
+    the current one, compacted by the touched-partition threshold, not rewritten after every run)."""
+    yesterday = now - timedelta(days=1)
+    if layout == "month":
+        articles = [f"articles/month={yesterday:%Y-%m}"] if yesterday.month != now.month else []
+    else:
+        articles = [f"articles/{'ingest_date' if layout == 'ingest_date' else 'date'}={yesterday:%Y-%m-%d}"]
+    return articles + [f"errors/date={yesterday:%Y-%m-%d}"]
 
 
 def list_partitions(store: Store, prefixes: Iterable[str]) -> dict[str, list[str]]:
@@ -75,9 +100,7 @@ def plan(partitions: dict[str, list[str]], policy: Policy) -> tuple[list[str], l
     today = (policy.now or datetime.now(timezone.utc)).date()
     rewrite, expire = [], []
     for part, files in partitions.items():
-        days = policy.retention_days.get(part.split("/", 1)[0])
-        day = partition_day(part)
-        if days and day and datetime.strptime(day, "%Y-%m-%d").date() < today - timedelta(days=days):
+        if expired(part, policy.retention_days.get(part.split("/", 1)[0]), today):
             expire.append(part)
         elif len(files) >= policy.min_files and any(not posixpath.basename(f).startswith("compact-") for f in files):
             rewrite.append(part)
@@ -195,16 +218,17 @@ def recover_compactions(store: Store) -> list[str]:
 
 
 def expired_days(store: Store, policy: Policy) -> list[str]:
-    """Day folders (``articles/date=…``) past their dataset's retention: one listing per dataset."""
+    """Day (``articles/date=…``) or month (``articles/month=…``) folders wholly past their dataset's
+    retention: one listing per dataset."""
     today = (policy.now or datetime.now(timezone.utc)).date()
     out = []
     for dataset, days in policy.retention_days.items():
         if not days or not store.exists(dataset):
             continue
         for path in store.fs.ls(store.path(dataset), detail=False):
-            day = partition_day(posixpath.basename(path.rstrip("/")))
-            if day and datetime.strptime(day, "%Y-%m-%d").date() < today - timedelta(days=days):
-                out.append(f"{dataset}/{posixpath.basename(path.rstrip('/'))}")
+            folder = f"{dataset}/{posixpath.basename(path.rstrip('/'))}"
+            if expired(folder, days, today):
+                out.append(folder)
     return out
 
 
@@ -216,8 +240,9 @@ def compact_after_run(store: Store, lake, files: list[str], now: datetime | None
                       fence: Callable[[], None] | None = None) -> dict[str, int] | None:
     """Run by ``warta run`` under its lock right after a commit: records the schema version, then the
     automatic compaction policy: the partitions
-    the run touched once they hold ``compact_after_files`` files, yesterday's partitions (a closed day)
-    once they hold two, and days past retention. Cost follows the run, not the lake: only those
+    the run touched once they hold ``compact_after_files`` files, closed partitions (yesterday's day; with the
+    ``month`` layout, a month the day after it ends: :func:`closed_partitions`) once they hold two, and
+    days (months) past retention. Cost follows the run, not the lake: only those
     partitions (and the list of day folders, for retention) are listed."""
     record_lake_schema(store, lake.layout)
     if not lake.compact_after_files:
@@ -230,9 +255,7 @@ def compact_after_run(store: Store, lake, files: list[str], now: datetime | None
         stats = compact(store, Policy.from_settings(lake, lake.compact_after_files), touched, fence=fence)
         later = expired_days(store, policy)
         if lake.compact_closed_days:
-            day = (now - timedelta(days=1)).strftime("%Y-%m-%d")
-            key = "ingest_date" if lake.layout == "ingest_date" else "date"
-            later += [f"articles/{key}={day}", f"errors/date={day}"]
+            later += closed_partitions(lake.layout, now)
         if later:
             closed = compact(store, policy, later, fence=fence)
             stats = {k: stats[k] + closed[k] for k in stats}

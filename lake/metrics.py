@@ -46,7 +46,8 @@ def run_started(run_id: str) -> datetime | None:
 
 
 def partition_day(path: str) -> date | None:
-    """The day of a ``…/date=YYYY-MM-DD/…`` file, None in other layouts."""
+    """The day of a ``…/date=YYYY-MM-DD/…`` file, None in other layouts (``ingest_date=``, ``month=``: their
+    files are read whole)."""
     found = DATE_PARTITION.search(path)
     return date.fromisoformat(found.group(1)) if found else None
 

@@ -27,7 +27,7 @@ Settings file (--config, YAML; every key optional, flags override it):
   dedup:
     near_threshold: 0.8       window_days: 7         shingle_size: 5     num_perm: 128
   lake:
-    layout: date_source       # or date (no source level), ingest_date (fetch day); choose before the first run
+    layout: date_source       # or date (no source level), month (month=YYYY-MM), ingest_date (fetch day); choose first
     compact_target_mb: 128    compact_after_files: 16   compact_closed_days: true
     retention_days: null      errors_retention_days: null   # see `warta compact --help`
   max_items_per_feed: 500     # new entries per feed per poll; the rest wait for the next poll

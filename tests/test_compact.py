@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import duckdb
 import pyarrow as pa
@@ -38,12 +38,13 @@ def error(i: int, when: datetime) -> dict:
             "stage": "fetch", "error": "HTTP 404", "status": 404, "at": when}
 
 
-def write_run(store: Store, run_id: str, arts: list[dict], errs: list[dict] = (), schema=ARTICLE_SCHEMA) -> dict:
+def write_run(store: Store, run_id: str, arts: list[dict], errs: list[dict] = (), schema=ARTICLE_SCHEMA,
+              layout: str = "date_source") -> dict:
     """Stage rows exactly as the pipeline's write stage does, then commit them."""
     for dataset, rows, sch, key in (("articles", arts, schema, "article_id"), ("errors", errs, ERROR_SCHEMA, "url")):
         by_part: dict[str, list] = {}
         for r in rows:
-            by_part.setdefault(partition_of(r, dataset), []).append(r)
+            by_part.setdefault(partition_of(r, dataset, layout), []).append(r)
         for part, rs in by_part.items():
             store.write_table(f"{staging_dir(run_id)}/{dataset}/{part}/part-{run_id}.parquet", rows_table(rs, sch, key))
     return commit(store, run_id, {}, 7)
@@ -252,19 +253,88 @@ def test_ingest_date_layout_partitions_by_fetch_day():
     assert partition_of(late, "articles", "date") == "date=2024-11-09"
     late["fetched_at"] = DAY
     assert partition_of(late, "articles", "ingest_date") == "ingest_date=2024-11-12/source=kabar"
-    assert lc.partition_day("articles/ingest_date=2024-11-12/source=kabar") == "2024-11-12"
+    assert lc.partition_last_day("articles/ingest_date=2024-11-12/source=kabar") == date(2024, 11, 12)
+
+
+def test_month_layout_partitions_by_published_month_else_fetch_month():
+    late = article(1, "kabar", datetime(2024, 10, 31, 23, 59, tzinfo=timezone.utc))
+    assert partition_of(late, "articles", "month") == "month=2024-10"
+    assert partition_of({**late, "published_at": None}, "articles", "month") == "month=2024-11"  # fetched 00:04
+    assert partition_of(error(1, DAY), "errors", "month") == "date=2024-11-12"  # errors/ stay by day
+    assert [lc.partition_last_day(f"articles/month={m}") for m in ("2024-02", "2024-11", "2024-12")] == [
+        date(2024, 2, 29), date(2024, 11, 30), date(2024, 12, 31)]
+    assert lc.partition_last_day("articles/monthly=2024-11") is None
+
+
+def month_lake(store: Store) -> list[tuple]:
+    """Three runs a day over Oct 20 – Nov 9 2024, two sources, in the ``month`` layout; (day, count) per day."""
+    n = 0
+    for d in range(21):
+        for r in range(3):
+            when = datetime(2024, 10, 20, 2 + 7 * r, tzinfo=timezone.utc) + timedelta(days=d)
+            write_run(store, f"{when:%Y%m%dT%H%M%S}-m", [article(n + i, src, when) for i, src in
+                                                          enumerate(("kabar", "patroli"))], layout="month")
+            n += 2
+    return sorted((date(2024, 10, 20) + timedelta(days=d), 6) for d in range(21))
+
+
+def test_month_layout_compacts_a_month_into_one_file_and_expires_whole_months_only(tmp_path):
+    store = Store(str(tmp_path))
+    per_day = month_lake(store)
+    before = rows(tmp_path)
+    assert {f.split("/")[1] for f in data_files(tmp_path)} == {"month=2024-10", "month=2024-11"}
+    stats = lc.compact(store, lc.Policy())
+    assert stats["partitions_rewritten"] == 2 and stats["files_before"] == 63
+    files = data_files(tmp_path)
+    assert [f.rsplit("/", 1)[0] for f in files] == ["articles/month=2024-10", "articles/month=2024-11"]
+    assert all("/compact-" in f for f in files) and rows(tmp_path) == before
+    # a reader filters days on the article's day: no date column needed
+    got = duckdb.sql(f"set TimeZone='UTC'; select coalesce(published_at, fetched_at)::date as d, count(*) from "
+                     f"read_parquet('{tmp_path}/articles/*/*.parquet', hive_partitioning=true) group by 1 order by 1")
+    assert got.fetchall() == per_day
+    # retention 30 days: October goes only once every day of it is past retention
+    policy = lc.Policy(retention_days={"articles": 30}, now=datetime(2024, 11, 30, tzinfo=timezone.utc))
+    assert lc.compact(store, policy)["partitions_expired"] == 0 and lc.expired_days(store, policy) == []
+    assert rows(tmp_path) == before
+    policy.now = datetime(2024, 12, 1, 12, tzinfo=timezone.utc)  # Oct 31 is now 31 days old
+    assert lc.expired_days(store, policy) == ["articles/month=2024-10"]
+    assert lc.compact(store, policy)["partitions_expired"] == 1
+    assert len(rows(tmp_path)) == 54 and data_files(tmp_path)[0].startswith("articles/month=2024-11/")
+
+
+def test_month_layout_closes_a_month_on_the_first_day_of_the_next(tmp_path):
+    assert lc.closed_partitions("month", datetime(2024, 11, 20, 3, tzinfo=timezone.utc)) == ["errors/date=2024-11-19"]
+    assert lc.closed_partitions("month", datetime(2024, 12, 1, 3, tzinfo=timezone.utc)) == [
+        "articles/month=2024-11", "errors/date=2024-11-30"]
+    assert lc.closed_partitions("date", DAY) == ["articles/date=2024-11-11", "errors/date=2024-11-11"]
+    store = Store(str(tmp_path))
+    lake = LakeSettings(layout="month", compact_after_files=16)
+    month_lake(store)
+    mid = datetime(2024, 11, 9, 20, tzinfo=timezone.utc)
+    manifest = write_run(store, "r-mid", [article(900, "kabar", mid)], layout="month")
+    assert lc.compact_after_run(store, lake, manifest["files"], mid)["partitions_rewritten"] == 1  # 28 files >= 16
+    manifest = write_run(store, "r-mid2", [article(901, "kabar", mid)], layout="month")
+    assert lc.compact_after_run(store, lake, manifest["files"], mid)["partitions_rewritten"] == 0  # the month is open
+    first = datetime(2024, 12, 1, 1, tzinfo=timezone.utc)
+    manifest = write_run(store, "r-dec", [article(902, "kabar", first)], layout="month")
+    assert lc.compact_after_run(store, lake, manifest["files"], first)["partitions_rewritten"] == 1  # November closed
+    assert [f.split("/")[1] for f in data_files(tmp_path) if "/compact-" in f] == ["month=2024-11"]
+    assert sum("month=2024-11/" in f for f in data_files(tmp_path)) == 1
 
 
 @pytest.mark.slow
-def test_a_run_compacts_the_partitions_it_touched_and_records_the_schema(world, tmp_path, fast_config):
+@pytest.mark.parametrize("layout", ["date_source", "month"])
+def test_a_run_compacts_the_partitions_it_touched_and_records_the_schema(world, tmp_path, fast_config, layout):
     feeds = world.feeds_yaml(tmp_path / "feeds.yaml", "patroli", "kabar")
     config = tmp_path / "compacting.yaml"
-    config.write_text(fast_config.read_text() + "\nlake:\n  compact_after_files: 1\n")
+    config.write_text(fast_config.read_text() + f"\nlake:\n  compact_after_files: 1\n  layout: {layout}\n")
     out = tmp_path / "lake"
     res = warta("run", "--feeds", feeds, "--output", out, "--config", config, "--no-ner")
     assert res.returncode == 0, res.stderr[-2000:]
     files = data_files(out)
     assert files and all("/compact-" in f for f in files)
+    keys = {f.split("/")[1].split("=")[0] for f in files if f.startswith("articles/")}
+    assert keys == ({"month"} if layout == "month" else {"date"})
     assert Store(str(out)).read_json(SCHEMA_FILE)["version"] == 1
     before = rows(out)
     again = warta("run", "--feeds", feeds, "--output", out, "--config", config, "--no-ner")

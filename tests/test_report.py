@@ -264,14 +264,16 @@ def test_empty_lake_and_usage_errors(tmp_path, capsys):
     assert "report" in run_cli("help", timeout=60).stdout
 
 
-def test_other_partition_layouts_give_the_same_numbers(lake, tmp_path):
-    """Partitioned by fetch day (ingest_date=) and compacted into fewer files: same metrics."""
+@pytest.mark.parametrize("partition", ["ingest_date=2026-01-01", "month=2026-01"])
+def test_other_partition_layouts_give_the_same_numbers(lake, tmp_path, partition):
+    """Partitioned by fetch day (ingest_date=) or by month (read whole) and compacted into fewer files:
+    same metrics."""
     other = tmp_path / "lake"
     shutil.copytree(lake / "_state", other / "_state")
     for sub in ("articles", "errors"):
         table = pa.concat_tables(pq.read_table(p) for p in sorted((lake / sub).rglob("*.parquet")))
-        (other / sub / "ingest_date=2026-01-01").mkdir(parents=True)
-        pq.write_table(table, other / sub / "ingest_date=2026-01-01" / "part-compacted.parquet")
+        (other / sub / partition).mkdir(parents=True)
+        pq.write_table(table, other / sub / partition / "part-compacted.parquet")
     a, b = collect(str(lake)), collect(str(other))
     assert a.window == b.window
     for name in ("articles_per_day", "feed_health", "errors_by_stage", "syndication", "entities", "runs"):

@@ -43,11 +43,16 @@ def staging_dir(run_id: str) -> str:
 def partition_of(row: dict[str, Any], dataset: str, layout: str = "date_source") -> str:
     """Hive partition of a row: ``date=<published day>/source=<name>``; with the ``ingest_date`` layout
     ``ingest_date=<fetch day>/source=<name>`` (late articles land in the day they were fetched); with the
-    ``date`` layout ``date=<published day>`` alone (``source`` stays a column: 1 file a day once compacted)."""
+    ``date`` layout ``date=<published day>`` alone (``source`` stays a column: 1 file a day once compacted);
+    with the ``month`` layout ``month=<published month>`` (``YYYY-MM``; readers filter days on
+    ``coalesce(published_at, fetched_at)``: 1 file a month once compacted, target size permitting)."""
     if dataset == "articles":
         if layout == "ingest_date":
             return f"ingest_date={row['fetched_at'].strftime('%Y-%m-%d')}/source={row['source']}"
-        day = (row.get("published_at") or row["fetched_at"]).strftime("%Y-%m-%d")
+        when = row.get("published_at") or row["fetched_at"]
+        if layout == "month":
+            return f"month={when.strftime('%Y-%m')}"
+        day = when.strftime("%Y-%m-%d")
         return f"date={day}" if layout == "date" else f"date={day}/source={row['source']}"
     return f"date={row['at'].strftime('%Y-%m-%d')}"
 
