@@ -33,6 +33,7 @@ from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
 from config.settings import HttpSettings
+from transforms.urls import url_problem
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 CHUNK = 16 * 1024
@@ -61,10 +62,13 @@ def retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if re.fullmatch(r"[0-9]{1,12}", value):  # ASCII digits only: "²".isdigit() is True, float("²") fails
         return float(value)
-    when = email.utils.parsedate_tz(value)
-    return None if when is None else max(0.0, email.utils.mktime_tz(when) - time.time())
+    try:
+        when = email.utils.parsedate_tz(value)
+        return None if when is None else max(0.0, email.utils.mktime_tz(when) - time.time())
+    except (ValueError, OverflowError, TypeError):
+        return None
 
 
 class CappedRetry(Retry):
@@ -77,6 +81,11 @@ class CappedRetry(Retry):
         retry = super().new(**kw)
         retry.max_retry_after = self.max_retry_after
         return retry
+
+    def parse_retry_after(self, retry_after: str) -> float:
+        """urllib3 fails the whole request on a header it cannot read (``Retry-After: ²``); we ignore it."""
+        seconds = retry_after_seconds(retry_after)
+        return 0.0 if seconds is None else seconds
 
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
         wait = retry_after_seconds(response.headers.get("Retry-After")) if response is not None else None
@@ -107,7 +116,7 @@ def charset_of(content_type: str) -> str | None:
 
 
 def check_scheme(url: str) -> None:
-    scheme = urlsplit(url).scheme.lower()
+    scheme = url.split(":", 1)[0].strip().lower() if ":" in url else ""
     if scheme not in ("http", "https"):
         raise FetchError(f"unsupported URL scheme {scheme or '(none)'!r}: not followed", url=url)
 
@@ -225,6 +234,9 @@ class HttpClient:
     def check_target(self, url: str) -> None:
         """Scheme, and (when configured) address of a URL about to be requested: every redirect hop too."""
         check_scheme(url)
+        problem = url_problem(url)
+        if problem:
+            raise FetchError(f"{problem}: not followed", url=url)
         host = urlsplit(url).hostname or ""
         if self.settings.block_private_addresses and is_private_host(host):
             raise FetchError(f"host {host} resolves to a private address: blocked by configuration", url=url)
@@ -232,19 +244,25 @@ class HttpClient:
     def _open(self, url: str, headers: dict[str, str] | None) -> requests.Response:
         """The final response of ``url``, redirects followed one hop at a time, each hop checked."""
         for _ in range(self.settings.max_redirects + 1):
-            self.check_target(url)
             try:
+                self.check_target(url)
                 resp = self.session.get(url, headers=headers, stream=True, allow_redirects=False,
                                         timeout=(self.settings.connect_timeout, self.settings.read_timeout))
+            except FetchError:
+                raise
             except requests.exceptions.RetryError as e:
                 raise FetchError(f"gave up after retries: {e}", url=url) from None
-            except requests.RequestException as e:
+            except Exception as e:  # requests, urllib3 (LocationParseError), socket, idna: all one failure
                 raise FetchError(f"{type(e).__name__}: {_short(e)}", url=url) from None
-            target = self.session.get_redirect_target(resp)
+            try:
+                target = self.session.get_redirect_target(resp)
+                url = urljoin(url, target) if target else url
+            except Exception as e:  # a Location header that is no URL ("http://[::1/x")
+                resp.close()
+                raise FetchError(f"bad redirect target: {type(e).__name__}: {_short(e)}", url=url) from None
             if not target:
                 return resp
             resp.close()
-            url = urljoin(url, target)
         raise FetchError(f"more than {self.settings.max_redirects} redirects", url=url)
 
     def get(self, url: str, *, max_bytes: int | None = None, headers: dict[str, str] | None = None) -> Response:
@@ -302,7 +320,11 @@ class HttpClient:
         if resp.status >= 500:
             raise HostDeferred(f"robots.txt answered HTTP {resp.status}: {DEFERRED}",
                                status=resp.status, url=url)
-        rules = Protego.parse(resp.body.decode("utf-8", "replace")) if resp.status < 400 else None
+        try:
+            rules = Protego.parse(resp.body.decode("utf-8", "replace")) if resp.status < 400 else None
+        except Exception as e:  # protego on a hostile file: unreadable rules are treated like 5xx
+            raise HostDeferred(f"robots.txt unreadable ({type(e).__name__}: {_short(e)}): {DEFERRED}",
+                               status=resp.status, url=url) from None
         with self._robots_lock:
             self._robots[origin] = rules
         return rules
@@ -322,6 +344,9 @@ class HttpClient:
         """robots check, then one request at a time per host, spaced by the host's delay. Once a host is
         deferred (:class:`HostDeferred`), its other URLs raise the same at once, without a request."""
         check_scheme(url)
+        problem = url_problem(url)
+        if problem:
+            raise FetchError(f"{problem}: not followed", url=url)
         host = urlsplit(url).netloc.lower()
         try:
             if host in self._deferred:
@@ -338,6 +363,10 @@ class HttpClient:
         except HostDeferred as e:
             self._deferred.setdefault(host, e)
             raise
+        except FetchError:
+            raise
+        except Exception as e:  # whatever a library raises on hostile input is this URL's failure
+            raise FetchError(f"{type(e).__name__}: {_short(e)}", url=url) from None
 
 
 def _short(e: Exception, limit: int = 300) -> str:

@@ -236,3 +236,34 @@ def test_failed_entries_wait_for_their_retry_time(server):
     assert [e["url"] for e in poll_feed(feed, c, None, set(), 10, failures).entries] == [f"{server.base}/a/1.html"]
     rec["retry_at"] = datetime.now(timezone.utc) - timedelta(minutes=1)
     assert len(poll_feed(feed, c, None, set(), 10, failures).entries) == 2
+
+
+MALFORMED = ["http://host.example:99999/a",  # port out of range
+             "http://[::1/x",  # unclosed IPv6 literal
+             "http://" + "a" * 70 + ".example/x",  # a host label over 63 characters
+             "http://exa mple.example/x"]  # a space in the host
+
+
+def test_malformed_links_are_one_error_each_and_the_rest_of_the_feed_is_kept(server):
+    its = [{"title": "b", "link": u, "published": WHEN} for u in MALFORMED] + items(server.base, 2)
+    server.routes["/rss"] = Route(rss_feed(title="x", link=server.base, items=its), "application/rss+xml")
+    res = poll_feed(Feed(name="x", url=server.url("/rss")), HttpClient(HTTP), None, set(), 10)
+    assert res.state["status"] == "ok"
+    assert [e["url"] for e in res.entries] == [f"{server.base}/a/{i}.html" for i in range(2)]
+    assert len(res.errors) == len(MALFORMED)
+    assert all(e["stage"] == "poll" and "not followed" in e["error"] for e in res.errors)
+
+
+def test_poll_feed_never_raises_whatever_a_library_raises(server, monkeypatch):
+    server.routes["/rss"] = Route(rss_feed(title="x", link=server.base, items=items(server.base, 2)),
+                                  "application/rss+xml")
+    import transforms.feeds as feeds
+
+    def boom(*a, **k):
+        raise RuntimeError("surprise")
+    monkeypatch.setattr(feeds, "entry_time", boom)  # every entry's own processing fails
+    res = poll_feed(Feed(name="x", url=server.url("/rss")), HttpClient(HTTP), None, set(), 10)
+    assert res.entries == [] and len(res.errors) == 2 and all("surprise" in e["error"] for e in res.errors)
+    monkeypatch.setattr(feeds, "parse_feed", boom)  # the feed as a whole fails
+    res = poll_feed(Feed(name="x", url=server.url("/rss")), HttpClient(HTTP), None, set(), 10)
+    assert res.state["status"] == "failed" and len(res.errors) == 1 and "surprise" in res.errors[0]["error"]

@@ -365,3 +365,33 @@ def test_deferred_hosts_do_not_stall_a_run_and_are_fetched_by_the_next(server, t
         run()
         urls = sorted(r["url"] for r in table("articles"))
         assert urls == sorted(pages)  # every article, once
+
+
+@pytest.mark.parametrize("location", ["http://[::1/x", "http://" + "a" * 70 + ".example/x",
+                                      "http://127.0.0.1:99999/x"])
+def test_malformed_redirect_targets_are_fetch_errors(server, location):
+    server.routes["/r"] = lambda req: req._send(302, b"", "text/plain", {"Location": location})
+    with pytest.raises(FetchError):
+        client().get(server.url("/r"))
+    kind, row = fetch_one({"url": server.url("/r"), "feed_url": "f", "source": "s"}, client())
+    assert kind == "error" and row["stage"] == "fetch"
+
+
+@pytest.mark.parametrize("value, seconds", [("²", None), ("12", 12.0), ("١٢", None), ("soon", None),
+                                            ("Wed, 99 Foo 2099 07:28:00 GMT", None), ("9" * 40, None)])
+def test_retry_after_reads_ascii_seconds_or_a_date_only(value, seconds):
+    assert http.retry_after_seconds(value) == seconds
+
+
+def test_retry_after_superscript_digit_is_not_a_crash(server):
+    server.routes["/x"] = Route("busy", status=503, headers={"Retry-After": "²"}, conditional=False)
+    assert client(retries=1).get(server.url("/x")).status == 503
+
+
+def test_robots_redirecting_to_an_unparseable_url_defers_the_host_and_keeps_its_pages(server):
+    server.routes["/robots.txt"] = lambda req: req._send(301, b"", "text/plain", {"Location": "http://[::1/x"})
+    server.routes["/a"] = Route("<p>a</p>")
+    c = client(retries=0)
+    rows = [fetch_one({"url": server.url(p), "feed_url": "f", "source": "s"}, c) for p in ("/a", "/b")]
+    assert [(kind, row["stage"]) for kind, row in rows] == [("error", "fetch")] * 2
+    assert all("host deferred" in row["error"] for _, row in rows)

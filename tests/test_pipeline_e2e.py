@@ -270,3 +270,24 @@ def test_language_comes_from_the_text_not_the_feed_channel(tmp_path, fast_config
         assert all(("Joko Widodo", "PER") in {(e["text"], e["label"]) for e in r["entities"]} for r in wp)
         agg = [r for r in rows if r["source"] == "agg"]
         assert agg and {r["language"] for r in agg} == {"en"}
+
+
+def test_a_malformed_link_costs_one_error_row_not_the_run(world, server, tmp_path, fast_config):
+    """#25 item 1: an out-of-range port, a broken IPv6 literal, an over-long host label in one outlet's
+    feed, and a redirect to a broken URL: the run exits 0, every healthy article lands, each bad link is
+    one error row, and a rerun does the same without a crash loop."""
+    bad = ["http://host.example:99999/a", "http://[::1/x", "http://" + "a" * 70 + ".example/x"]
+    server.routes["/id/pindah.html"] = lambda req: req._send(302, b"", "text/plain", {"Location": "http://[::1/y"})
+    world.extra_links = bad + [world.base + "/id/pindah.html"]
+    world.publish_id_feed()
+    feeds = world.feeds_yaml(tmp_path / "feeds.yaml", "patroli", "en")
+    out = tmp_path / "lake"
+    for _ in range(2):
+        res = run_cli("--feeds", str(feeds), "--output", str(out), "--config", str(fast_config))
+        assert res.returncode == 0, res.stderr[-3000:]
+    urls = {r["url"] for r in articles(out)}
+    assert {f"{world.base}/id/artikel-{i}.html" for i in range(3)} | {f"{world.base}/en/story-0.html"} <= urls
+    errs = errors(out)
+    poll_errs = [e for e in errs if e["stage"] == "poll" and e["url"] != e["feed_url"]]
+    assert sorted(e["url"] for e in poll_errs) == sorted(bad)  # once each: not again on the rerun
+    assert any(e["url"] == world.base + "/id/pindah.html" and e["stage"] == "fetch" for e in errs)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from transforms.urls import article_id, normalize_url, plausible_article_url
+from hypothesis import given
+from hypothesis import strategies as st
+
+from transforms.urls import article_id, host_of, normalize_url, plausible_article_url, url_problem
 
 
 @pytest.mark.parametrize("url, expected", [
@@ -33,3 +36,34 @@ def test_article_id_ignores_tracking_and_fragments():
 ])
 def test_plausible_article_url(canonical, ok):
     assert plausible_article_url(canonical, "https://x.example/berita/1.html") is ok
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("http://host.example:99999/a", "Port out of range"),
+    ("http://[::1/x", "Invalid IPv6"),
+    ("http://" + "a" * 64 + ".example/", "not a valid domain name"),
+    ("http://exa mple.example/", "spaces or control"),
+    ("http:///nohost", "no host"),
+    ("file:///etc/passwd", "unsupported URL scheme 'file'"),
+    ("http://[fe80::zz]/", "malformed"),
+])
+def test_url_problem_names_what_is_wrong(url, problem):
+    assert problem in url_problem(url)
+
+
+@pytest.mark.parametrize("url", ["https://x.example/a", "http://127.0.0.1:8080/b", "http://[::1]:8080/c",
+                                 "https://bücher.example/d", "https://a-b.example./e"])
+def test_url_problem_accepts_real_urls(url):
+    assert url_problem(url) is None
+
+
+@given(st.text(max_size=80))
+def test_normalize_url_and_host_of_are_total(text):
+    for url in (text, "http://" + text, "http://x.example:" + text):
+        assert isinstance(normalize_url(url), str)
+        assert isinstance(host_of(url), str)
+        url_problem(url)
+
+
+def test_file_url_is_kept_whole():
+    assert normalize_url("file:///etc/passwd") == "file:///etc/passwd"

@@ -7,6 +7,7 @@ after another: one request at a time per host.
 from __future__ import annotations
 
 import calendar
+import logging
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,11 +24,12 @@ from transforms.records import error_row, utcnow
 from lake.failures import Failures
 from lake.state import key64
 from transforms.dates import When, day_first, default_timezone, parse_when
-from transforms.urls import host_of, normalize_url
+from transforms.urls import host_of, normalize_url, url_problem
 
 ERRORS = "errors"
 FEED_STATE = "feed_state"
 FEED_TYPES = ("xml", "rss", "atom", "rdf")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,13 +86,15 @@ def entry_link(entry, base: str) -> tuple[str | None, str | None]:
     hrefs = [link] + [(l.get("href") or "").strip() for l in entry.get("links", [])
                       if l.get("rel", "alternate") in ("alternate", "enclosure")]
     for href in filter(None, hrefs):
-        url = urljoin(base, href)
-        if _is_http(url):
-            return url, None
-        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-        return None, f"unsupported URL scheme {scheme or '(none)'!r}: not followed"
+        try:
+            url = urljoin(base, href)
+        except ValueError as e:  # "http://[::1/x": urljoin parses the link
+            return None, f"malformed URL: {e}: not followed"
+        problem = url_problem(url)
+        return (url, None) if problem is None else (None, f"{problem}: not followed")
     if _is_http(ident):
-        return ident, None
+        problem = url_problem(ident)
+        return (ident, None) if problem is None else (None, f"{problem}: not followed")
     if ident:
         return None, f"entry has no link and its id {ident[:200]!r} is not an http(s) URL: not followed"
     return None, "entry has no link"
@@ -105,27 +109,38 @@ def feed_entries(parsed: feedparser.FeedParserDict, feed: Feed, base: str | None
     language = feed.language or channel  # for reading the feed's times only; the article's language is decided later
     tz = feed.timezone or default_timezone(language)
     for e in parsed.entries:
-        url, error = entry_link(e, base or feed.url)
-        if error:
-            raw = (e.get("link") or e.get("id") or "").strip()
-            yield {"error": error, "url": raw[:500] or None,
-                   "key": raw or f"{feed.url} {e.get('title') or ''} {e.get('published') or ''}"}
-            continue
-        authors = [a.get("name") for a in e.get("authors", []) if a.get("name")] or (
-            [e["author"]] if e.get("author") else [])
-        when = entry_time(e, tz, day_first(language))
-        yield {
-            "url": url,
-            "feed_url": feed.url,
-            "source": feed.name,
-            "language": feed.language,  # the feeds file's word; else detected from the text (extract)
-            "channel_language": channel,  # the feed's <language>: last resort
-            "timezone": tz,
-            "feed_title": e.get("title"),
-            "feed_authors": authors,
-            "feed_published_at": when.at if when else None,
-            "feed_time_explicit": bool(when and when.explicit),
-        }
+        try:
+            yield _entry(e, feed, base, channel, language, tz)
+        except Exception as exc:  # whatever a library raises on a hostile entry: that entry's error row
+            yield _entry_error(e, feed, f"{type(exc).__name__}: {exc}")
+
+
+def _entry_error(e, feed: Feed, error: str) -> dict[str, str]:
+    raw = str(e.get("link") or e.get("id") or "").strip()
+    return {"error": error, "url": raw[:500] or None,
+            "key": raw or f"{feed.url} {e.get('title') or ''} {e.get('published') or ''}"}
+
+
+def _entry(e, feed: Feed, base: str | None, channel: str | None, language: str | None, tz: str
+           ) -> dict[str, Any]:
+    url, error = entry_link(e, base or feed.url)
+    if error:
+        return _entry_error(e, feed, error)
+    authors = [a.get("name") for a in e.get("authors", []) if a.get("name")] or (
+        [e["author"]] if e.get("author") else [])
+    when = entry_time(e, tz, day_first(language))
+    return {
+        "url": url,
+        "feed_url": feed.url,
+        "source": feed.name,
+        "language": feed.language,  # the feeds file's word; else detected from the text (extract)
+        "channel_language": channel,  # the feed's <language>: last resort
+        "timezone": tz,
+        "feed_title": e.get("title"),
+        "feed_authors": authors,
+        "feed_published_at": when.at if when else None,
+        "feed_time_explicit": bool(when and when.explicit),
+    }
 
 
 def poll_feed(feed: Feed, client: HttpClient, validators: dict[str, Any] | None,
@@ -133,10 +148,21 @@ def poll_feed(feed: Feed, client: HttpClient, validators: dict[str, Any] | None,
     """Poll one feed. Never raises: failures become error rows in the result. Entries that failed before
     wait for their retry time (a feed with some due is fetched in full); an entry's own error is written
     once, until it changes or expires."""
-    failures = failures or Failures()
+    result = PollResult(state={"feed_url": feed.url, "source": feed.name, "status": "failed", "entries_new": 0})
+    try:
+        _poll_into(result, feed, client, validators, seen, max_items, failures or Failures())
+    except Exception as e:  # a bug or a library's surprise on hostile input: the feed's error row, not a crash
+        log.exception("polling %s failed", feed.url)
+        result.state.update(status="failed", etag=None, last_modified=None)
+        result.errors.append(error_row("poll", f"{type(e).__name__}: {e}", url=feed.url, feed_url=feed.url,
+                                       source=feed.name))
+    return result
+
+
+def _poll_into(result: PollResult, feed: Feed, client: HttpClient, validators: dict[str, Any] | None,
+               seen: set[int], max_items: int, failures: Failures) -> None:
     now = utcnow()
     validators = {} if failures.due_in(feed.url, now) else (validators or {})
-    result = PollResult(state={"feed_url": feed.url, "source": feed.name, "status": "failed", "entries_new": 0})
     headers = {}
     if validators.get("etag"):
         headers["If-None-Match"] = validators["etag"]
@@ -147,21 +173,21 @@ def poll_feed(feed: Feed, client: HttpClient, validators: dict[str, Any] | None,
     except FetchError as e:
         result.errors.append(error_row("poll", str(e), url=feed.url, feed_url=feed.url, source=feed.name,
                                        status=e.status))
-        return result
+        return
     if resp.status == 304:
         result.state.update(status="unchanged", etag=validators.get("etag"),
                             last_modified=validators.get("last_modified"))
-        return result
+        return
     if resp.status >= 400:
         result.errors.append(error_row("poll", f"HTTP {resp.status}", url=feed.url, feed_url=feed.url,
                                        source=feed.name, status=resp.status))
-        return result
+        return
     try:
         parsed = parse_feed(resp.body, resp.headers.get("content-type", ""))
     except Exception as e:  # feedparser is defensive, but the input is hostile
         result.errors.append(error_row("poll", str(e), url=feed.url, feed_url=feed.url, source=feed.name,
                                        status=resp.status))
-        return result
+        return
     taken: set[int] = set()
     capped = False
     for item in feed_entries(parsed, feed, resp.url):
@@ -185,7 +211,6 @@ def poll_feed(feed: Feed, client: HttpClient, validators: dict[str, Any] | None,
         last_modified=None if capped else resp.headers.get("last-modified"),
         malformed=bool(parsed.get("bozo")),
     )
-    return result
 
 
 class _PollFeedsFn(beam.DoFn):

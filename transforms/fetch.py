@@ -52,7 +52,7 @@ def host_pace(client: HttpClient, url: str) -> float:
     ``host_delay``: its pages then fail one by one through :meth:`HttpClient.polite_get` (deferred)."""
     try:
         return client.crawl_delay(url)
-    except FetchError:
+    except Exception:  # FetchError, or anything a hostile robots.txt provokes: its pages fail one by one
         return client.settings.host_delay
 
 
@@ -150,6 +150,7 @@ class _FetchHostsFn(beam.DoFn):
                     continue
 
         def fetch_into_queue(entries) -> None:
+            done = 0
             try:
                 fits = pages_within(self.deadline, host_pace(self.client, entries[0]["url"]))
                 for i, entry in enumerate(entries):
@@ -157,6 +158,10 @@ class _FetchHostsFn(beam.DoFn):
                         return
                     late = i >= fits or (self.deadline is not None and time.time() >= self.deadline)
                     put(("backlog", entry) if late else fetch_one(entry, self.client))
+                    done += 1
+            except Exception as e:  # never lose a host's entries: each one not yet settled gets an error row
+                for entry in entries[done:]:
+                    put(("error", error_from(e, "fetch", entry)))
             finally:
                 put(None)  # this host is done
 

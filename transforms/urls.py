@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
@@ -13,12 +14,58 @@ TRACKING_PARAMS = frozenset({
 TRACKING_PREFIXES = ("utm_", "pk_", "hsa_", "vero_")
 
 
+_HOST_LABEL = re.compile(r"(?!-)[\w-]{1,63}(?<!-)", re.ASCII)
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be requested as an http(s) URL (unparseable, bad port, host name too long or with
+    characters DNS does not allow), in words; None when it can. The feed, sitemap and WARC stages check
+    every URL they take in, so one malformed link becomes one error row, never a crash of the stage."""
+    if not isinstance(url, str) or not url.strip():
+        return "empty URL"
+    if any(ord(c) < 33 or c == "\x7f" for c in url.strip()):
+        return "URL contains spaces or control characters"
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 (raises on a port out of range)
+    except ValueError as e:
+        return f"malformed URL: {e}"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"unsupported URL scheme {parts.scheme.lower() or '(none)'!r}"
+    host = parts.hostname or ""
+    if not host:
+        return "URL has no host"
+    if ":" in host:  # IPv6 literal
+        try:
+            ipaddress.IPv6Address(host.split("%")[0])
+        except ValueError:
+            return f"malformed IPv6 address {host!r}"
+        return None
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except (UnicodeError, ValueError):
+        return f"host name {host[:100]!r} is not a valid domain name"
+    if len(ascii_host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in ascii_host.rstrip(".").split(".")):
+        return f"host name {host[:100]!r} is not a valid domain name (labels of 1-63 letters, digits, hyphens)"
+    return None
+
+
 def normalize_url(url: str) -> str:
-    """Lower-case scheme and host, drop default ports, fragments and tracking parameters."""
+    """Lower-case scheme and host, drop default ports, fragments and tracking parameters. Total: a URL that
+    cannot be parsed (see :func:`url_problem`) comes back stripped, so keys of error rows stay stable."""
+    try:
+        return _normalize(url)
+    except ValueError:
+        return url.strip()
+
+
+def _normalize(url: str) -> str:
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     port = parts.port
+    if ":" in host:
+        host = f"[{host}]"  # IPv6 literal: keep its brackets
     if port and not ((scheme == "http" and port == 80) or (scheme == "https" and port == 443)):
         host = f"{host}:{port}"
     if parts.username or parts.password:
@@ -48,7 +95,11 @@ def article_id(url: str) -> str:
 
 
 def host_of(url: str) -> str:
-    return (urlsplit(url).hostname or "").lower()
+    """Lower-cased host name of ``url``; "" when it has none or cannot be parsed."""
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
 
 
 def site_of(host: str) -> str:
