@@ -18,6 +18,7 @@ run: install
 	$(PY) run_local.py --example
 
 test: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 bench: install

@@ -5,7 +5,7 @@ import logging
 
 logging.getLogger().setLevel(logging.ERROR)  # quiet import-time notices from Beam; the CLI sets up logging
 
-from pipeline.cli import main  # noqa: E402
+from warta.pipeline.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

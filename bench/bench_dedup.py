@@ -24,10 +24,10 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from config.settings import DedupSettings  # noqa: E402
-from transforms.dedup import NearDuplicateIndex  # noqa: E402
-from lake.state import index_table, load_index  # noqa: E402
-from lake.store import Store  # noqa: E402
+from warta.config.settings import DedupSettings  # noqa: E402
+from warta.lake.state import index_table, load_index  # noqa: E402
+from warta.lake.store import Store  # noqa: E402
+from warta.transforms.dedup import NearDuplicateIndex  # noqa: E402
 
 
 def main(argv=None) -> int:

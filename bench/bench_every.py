@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.newsworld import indonesian_sentences  # noqa: E402
-from pipeline.example import rss_feed, wordpress_page  # noqa: E402
-from pipeline.loopback import LoopbackServer, Route  # noqa: E402
+from tests.pages import rss_feed, wordpress_page  # noqa: E402
+from warta.pipeline.loopback import LoopbackServer, Route  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -25,12 +25,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.shared import require  # noqa: E402
-
 import trafilatura  # noqa: E402
 
 from bench.metric import corpus_scores, page_counts  # noqa: E402
-from transforms.extract import extract_article, extract_body  # noqa: E402
+from bench.shared import require  # noqa: E402
+from warta.transforms.extract import extract_article, extract_body  # noqa: E402
 
 
 def load_pages(data: Path) -> list[tuple[str, str, str]]:
@@ -144,10 +143,11 @@ def run(name: str, fn, pages) -> dict:
 
 def memory_profile(pages, total: int) -> list[dict]:
     """RSS every 1,000 pages while the extraction stage (extract_article) runs over ``total`` pages."""
-    import psutil
     from datetime import datetime, timezone
 
-    from transforms.extract import _ExtractFn
+    import psutil
+
+    from warta.transforms.extract import _ExtractFn
     fn = _ExtractFn(200, None)
     proc = psutil.Process()
     points = []

@@ -42,12 +42,12 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.dataset as ds  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from lake.commit import commit  # noqa: E402
-from lake.compact import Policy, compact  # noqa: E402
-from lake.metrics import DAY  # noqa: E402
-from lake.state import index_table, key64  # noqa: E402
-from lake.store import Store  # noqa: E402
-from transforms.write import ARTICLE_SCHEMA, ERROR_SCHEMA, partition_of, rows_table, staging_dir  # noqa: E402
+from warta.lake.commit import commit  # noqa: E402
+from warta.lake.compact import Policy, compact  # noqa: E402
+from warta.lake.metrics import DAY  # noqa: E402
+from warta.lake.state import index_table, key64  # noqa: E402
+from warta.lake.store import Store  # noqa: E402
+from warta.transforms.write import ARTICLE_SCHEMA, ERROR_SCHEMA, partition_of, rows_table, staging_dir  # noqa: E402
 
 START = datetime(2024, 10, 1, tzinfo=timezone.utc)
 WORDS = ("pemerintah presiden rakyat ekonomi harga pasar kota desa sekolah banjir jalan polisi hakim partai "
@@ -156,7 +156,7 @@ def time_queries(src: str, url: str, repeat: int = 15, day: str = "date") -> dic
 
 def state_load(n: int, tmp: Path) -> dict:
     """Write a folded keys file of n keys (a third with holders), then load it in a fresh process."""
-    from lake.state import INDEX_DIR, write_keys
+    from warta.lake.state import INDEX_DIR, write_keys
 
     store = Store(str(tmp / f"state{n}"))
     rng = np.random.default_rng(n)
@@ -173,8 +173,8 @@ def state_load(n: int, tmp: Path) -> dict:
     code = f"""
 import json, time, sys, numpy as np, psutil
 sys.path.insert(0, {str(ROOT)!r})
-from lake.state import load_index
-from lake.store import Store
+from warta.lake.state import load_index
+from warta.lake.store import Store
 proc = psutil.Process(); store = Store({str(store.url)!r}); probe = [int(k) for k in np.load({str(tmp / f'probe{n}.npy')!r})]
 rss0 = proc.memory_info().rss; t = time.perf_counter()
 snap = load_index(store, window_days=7)

@@ -15,8 +15,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
-from bench.shared import require  # noqa: E402
 from metric import corpus_scores  # noqa: E402
+
+from bench.shared import require  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "extraction"
 

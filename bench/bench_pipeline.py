@@ -35,15 +35,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.newsworld import feeds_yaml, serve_world  # noqa: E402
-from pipeline.options import usable_cpus  # noqa: E402
-from config.settings import HttpSettings, NerSettings  # noqa: E402
-from transforms.extract import extract_article  # noqa: E402
-from transforms.feeds import parse_feed  # noqa: E402
-from transforms.fetch import fetch_host  # noqa: E402
-from net.http import HttpClient  # noqa: E402
-from transforms.ner import NerModel, Tagger, build_pipeline, model_paths, ner_tags  # noqa: E402
-from transforms.segment import sentences  # noqa: E402
-from transforms.write import ARTICLE_SCHEMA, rows_table  # noqa: E402
+from warta.config.settings import HttpSettings, NerSettings  # noqa: E402
+from warta.net.http import HttpClient  # noqa: E402
+from warta.pipeline.options import usable_cpus  # noqa: E402
+from warta.transforms.extract import extract_article  # noqa: E402
+from warta.transforms.feeds import parse_feed  # noqa: E402
+from warta.transforms.fetch import fetch_host  # noqa: E402
+from warta.transforms.ner import NerModel, Tagger, build_pipeline, model_paths, ner_tags  # noqa: E402
+from warta.transforms.segment import sentences  # noqa: E402
+from warta.transforms.write import ARTICLE_SCHEMA, rows_table  # noqa: E402
 
 HOST_DELAY = 0.02  # for the in-process stage benchmarks
 CORES = usable_cpus()

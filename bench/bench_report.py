@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lake.store import Store  # noqa: E402
-from transforms.write import ARTICLE_SCHEMA, ERROR_SCHEMA, partition_of, rows_table  # noqa: E402
+from warta.lake.store import Store  # noqa: E402
+from warta.transforms.write import ARTICLE_SCHEMA, ERROR_SCHEMA, partition_of, rows_table  # noqa: E402
 
 WORDS = ("pemerintah daerah warga kota jalan baru rapat sidang anggaran dana proyek pembangunan harga beras naik "
          "turun pasar petani nelayan hujan banjir sekolah siswa guru rumah sakit pasien dokter polisi kasus "

@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "tests" / "golden"  # where the fixtures are written
 sys.path.insert(0, str(ROOT))
-from transforms.segment import detokenize  # noqa: E402
-from pipeline.example import wordpress_page  # noqa: E402
+from tests.pages import wordpress_page  # noqa: E402
+from warta.transforms.segment import detokenize  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 esc = html.escape

@@ -4,18 +4,18 @@ RSS feed and realistic Indonesian article pages whose text is NERGrit/UD sentenc
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 from bench.shared import require  # noqa: E402
-from transforms.segment import detokenize  # noqa: E402
-from pipeline.example import rss_feed, wordpress_page  # noqa: E402
-from pipeline.loopback import LoopbackServer, Route  # noqa: E402
+from tests.pages import rss_feed, wordpress_page  # noqa: E402
+from warta.pipeline.loopback import LoopbackServer, Route  # noqa: E402
+from warta.transforms.segment import detokenize  # noqa: E402
 
 
 def indonesian_sentences() -> list[str]:

@@ -8,17 +8,25 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import lxml.etree
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from transforms import __version__
-from transforms.dates import valid_zone
+from warta.config import __version__
 
 CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULT_FEEDS = CONFIG_DIR / "feeds.yaml"
 
+
+
+def valid_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (an IANA name such as Asia/Jakarta)") from None
+    return name
 
 class ConfigError(ValueError):
     """A feeds or settings file is unreadable or invalid."""

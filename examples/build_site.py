@@ -13,8 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from transforms.segment import detokenize  # noqa: E402
-from pipeline.example import atom_feed, rss_feed, wordpress_page  # noqa: E402
+from tests.pages import atom_feed, rss_feed, wordpress_page  # noqa: E402
+from warta.transforms.segment import detokenize  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SITE = ROOT / "examples" / "site"

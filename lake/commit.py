@@ -20,25 +20,22 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
-from lake import faults
-from lake.lock import LockedError, LockLost, RunLock  # noqa: F401  (LockedError, RunLock: re-exported)
-from lake.failures import merge_failures
-from lake.state import FEEDS_FILE, INDEX_DIR, compact_index
-from lake.store import Store
-from transforms.write import staging_dir
+from warta.lake import faults
+from warta.lake.compact import recover_compactions
+from warta.lake.failures import merge_failures
+from warta.lake.lock import LockedError, LockLost, RunLock  # noqa: F401  (LockedError, RunLock: re-exported)
+from warta.lake.schema import new_run_id, staging_dir  # noqa: F401  (new_run_id: re-exported)
+from warta.lake.state import FEEDS_FILE, INDEX_DIR, compact_index
+from warta.lake.store import Store
 
 log = logging.getLogger(__name__)
 PENDING = "_state/pending"
 BACKLOG = "_state/backlog"  # entries polled but not fetched yet: taken first by the next run
 RUNS = "_state/runs"
-
-
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
 
 def staged_files(store: Store, run_id: str) -> list[str]:
@@ -157,8 +154,6 @@ def merge_feed_state(store: Store, states: list[dict[str, Any]], run_id: str) ->
 
 def recover(store: Store, window_days: int) -> list[str]:
     """Finish runs that passed their commit point; drop staging of runs that did not. Returns replayed ids."""
-    from lake.compact import recover_compactions  # compaction builds on this module
-
     replayed = []
     store.remove_temp_files()
     runs = sorted({p.split("/")[2] for p in store.list(PENDING)})

@@ -22,18 +22,18 @@ import logging
 import math
 import posixpath
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lake import faults
-from lake.lock import LockLost
-from lake.state import record_schema
-from lake.store import Store
-from transforms.write import ARTICLE_SCHEMA, ERROR_SCHEMA
+from warta.lake import faults
+from warta.lake.lock import LockLost
+from warta.lake.schema import ARTICLE_SCHEMA, ERROR_SCHEMA, new_run_id
+from warta.lake.state import record_schema
+from warta.lake.store import Store
 
 log = logging.getLogger(__name__)
 COMPACT_DIR = "_state/compact"
@@ -52,7 +52,7 @@ class Policy:
     now: datetime | None = None
 
     @classmethod
-    def from_settings(cls, lake, min_files: int = 2) -> "Policy":
+    def from_settings(cls, lake, min_files: int = 2) -> Policy:
         return cls(target_bytes=lake.compact_target_mb * 2**20, min_files=min_files,
                    retention_days={"articles": lake.retention_days, "errors": lake.errors_retention_days})
 
@@ -156,7 +156,7 @@ def move(store: Store, src: str, dst: str) -> None:
 def swap(store: Store, marker: dict) -> None:
     """Steps 4–5: per partition, new files into place, then its old files removed. Safe to repeat."""
     stage = f"{COMPACT_DIR}/{marker['id']}"
-    for part, change in sorted(marker["partitions"].items()):
+    for _part, change in sorted(marker["partitions"].items()):
         for rel in change["new"]:
             if store.exists(f"{stage}/{rel}"):
                 move(store, f"{stage}/{rel}", rel)
@@ -173,7 +173,6 @@ def compact(store: Store, policy: Policy, prefixes: Iterable[str] = ("articles",
     run recovery; ``fence`` (the lock's check) runs right before the commit point and raises
     :class:`~lake.lock.LockLost` when another process holds the output now (the staging is then dropped).
     Returns counts: partitions rewritten/expired, files before/after."""
-    from lake.commit import new_run_id
 
     partitions = list_partitions(store, prefixes)
     rewrite, expire = plan(partitions, policy)

@@ -19,9 +19,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from lake.state import key64
-from lake.store import Store
-from transforms.urls import normalize_url
+from warta.lake.state import key64
+from warta.lake.store import Store
+from warta.net.urls import normalize_url
 
 FAILURES_FILE = "_state/failures/failures.parquet"
 BACKOFF = (timedelta(hours=1), timedelta(hours=6), timedelta(days=1), timedelta(days=7))

@@ -11,3 +11,9 @@ import signal
 def point(name: str) -> None:
     if os.environ.get("WARTA_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_point(element, name: str):
+    """``point(name)`` as a pass-through step of a pipeline (the ``fetch`` point: the first fetched page)."""
+    point(name)
+    return element

@@ -29,10 +29,11 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
-from lake.store import Store
+from warta.lake.store import Store
 
 log = logging.getLogger(__name__)
 LOCK = "_state/LOCK"
@@ -297,7 +298,7 @@ class RunLock:
             if self._version is not None and not self._lost.is_set():
                 self.lease.remove(self._version)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.acquire()
         return self
 

@@ -23,10 +23,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from lake.commit import RUNS
-from lake.state import FEEDS_FILE
-from lake.store import Store
-from transforms.write import ARTICLE_SCHEMA, ERROR_SCHEMA
+from warta.lake.commit import RUNS
+from warta.lake.schema import ARTICLE_SCHEMA, ERROR_SCHEMA
+from warta.lake.state import FEEDS_FILE
+from warta.lake.store import Store
 
 BACKLOG = "_state/backlog"  # entries polled but not fetched yet (run budget), a JSON list per run
 OK_STATUSES = ("ok", "capped", "unchanged")

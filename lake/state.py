@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lake.store import Store
+from warta.lake.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class SortedKeys:
         self._groups: dict[int, pa.Array] = {}
 
     @classmethod
-    def load(cls, store: Store, rel: str) -> "SortedKeys":
+    def load(cls, store: Store, rel: str) -> SortedKeys:
         with store.fs.open(store.path(rel), "rb") as fh:
             pf = pq.ParquetFile(fh)
             keys = pf.read(columns=["key"]).column("key").to_numpy()

@@ -34,8 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.shared import require  # noqa: E402
-
-from transforms.segment import TOKEN_RE  # noqa: E402
+from warta.transforms.segment import TOKEN_RE  # noqa: E402
 
 LABEL_MAP = {
     "PERSON": "PER", "PLACE": "LOC", "ORGANISATION": "ORG",  # NERGrit

@@ -18,8 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.shared import require  # noqa: E402
-
-from models.build_id_ner import map_tag, read_bio  # noqa: E402
+from warta.models.build_id_ner import map_tag, read_bio  # noqa: E402
 
 
 def spans(tags: list[str]) -> set[tuple[int, int, str]]:
@@ -40,14 +39,14 @@ def spans(tags: list[str]) -> set[tuple[int, int, str]]:
 
 def load_pipeline(model: Path, pretrain: Path, threads: int, batch: int):
     """The documented ``stanza.Pipeline`` over the model files (what the scores are measured with)."""
-    from transforms.ner import build_pipeline
+    from warta.transforms.ner import build_pipeline
     return build_pipeline("id", {"ner_model_path": str(model), "ner_pretrain_path": str(pretrain),
                                  "ner_batch_size": batch}, threads)
 
 
 def _speed_worker(args, shard, barrier, queue, lean):
     if lean:  # warta's own path: NerModel + ner_tags (no Stanza Document objects), same tags
-        from transforms.ner import NerModel, ner_tags
+        from warta.transforms.ner import NerModel, ner_tags
         model = NerModel({"ner_model_path": str(args.model), "ner_pretrain_path": str(args.pretrain)}, 1)
         tag = lambda batch: ner_tags(model, batch)  # noqa: E731
     else:

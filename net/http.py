@@ -32,8 +32,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
-from config.settings import HttpSettings
-from transforms.urls import url_problem
+from warta.config.settings import HttpSettings
+from warta.net.urls import url_problem
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 CHUNK = 16 * 1024
@@ -77,7 +77,7 @@ class CappedRetry(Retry):
 
     max_retry_after: float = 60.0
 
-    def new(self, **kw) -> "CappedRetry":
+    def new(self, **kw) -> CappedRetry:
         retry = super().new(**kw)
         retry.max_retry_after = self.max_retry_after
         return retry

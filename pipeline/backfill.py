@@ -17,32 +17,34 @@ import logging
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import apache_beam as beam
 import fsspec
 
-from config.settings import DEFAULT_FEEDS, ConfigError, Settings, load_feeds, load_settings
-from lake.failures import load_failures
-from lake.commit import LockedError, RunLock, commit, new_run_id, recover, summarize_staged
-from lake.state import key64, load_index
-from lake.store import Store
-from net.http import HttpClient
-from pipeline.build import Plan, load_seen, process_entries, process_pages
-from pipeline.cli import (EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, beam_options, execute, local_dask_cluster,
-                          parallel_layout, setup_logging, sized_to_machine)
-from pipeline.options import add_setting_overrides, parse_duration, setting_overrides, usable_cpus
-from transforms.discover import Discovery
-from transforms.fetch import host_pace
-from transforms.ner import PreloadModels
-from transforms.records import utcnow
-from transforms.urls import host_of, normalize_url
-from transforms.warc import SKIPS, ReadWarc, sites_from, warc_counts
-from transforms.write import staging_dir
+from warta.config.settings import DEFAULT_FEEDS, ConfigError, Settings, load_feeds, load_settings
+from warta.lake.commit import LockedError, RunLock, commit, new_run_id, recover, summarize_staged
+from warta.lake.failures import load_failures
+from warta.lake.schema import staging_dir
+from warta.lake.state import key64, load_index
+from warta.lake.store import Store
+from warta.net.http import HttpClient
+from warta.net.urls import host_of, normalize_url
+from warta.pipeline.build import Plan, load_seen, process_entries, process_pages
+from warta.pipeline.exits import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK
+from warta.pipeline.options import add_setting_overrides, parse_duration, setting_overrides, usable_cpus
+from warta.pipeline.progress import setup_logging
+from warta.pipeline.runner import beam_options, execute, local_dask_cluster, parallel_layout, sized_to_machine
+from warta.transforms.discover import Discovery
+from warta.transforms.fetch import host_pace
+from warta.transforms.ner import PreloadModels
+from warta.transforms.records import utcnow
+from warta.transforms.warc import SKIPS, ReadWarc, sites_from, warc_counts
 
 log = logging.getLogger("warta")
 STATE_DIR = "backfill"  # under _state/ once committed

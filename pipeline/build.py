@@ -8,19 +8,19 @@ from functools import partial
 
 import apache_beam as beam
 
-from config.settings import Feed, Settings
-from pipeline.progress import count
-from transforms.dedup import Deduplicate
-from transforms.extract import ExtractArticles
-from transforms.feeds import PollFeeds
-from transforms.fetch import FetchPages
-from transforms.ner import PreloadModels, TagEntities, known_languages, model_paths
-from transforms.records import RecordFailures
-from lake.failures import Failures, load_failures
-from lake.state import IndexSnapshot, load_index
-from lake.store import Store
-from transforms.write import WriteDataset, WriteState
-
+from warta.config.settings import Feed, Settings
+from warta.lake.failures import Failures, load_failures
+from warta.lake.faults import kill_point
+from warta.lake.state import IndexSnapshot, load_index
+from warta.lake.store import Store
+from warta.pipeline.progress import count
+from warta.transforms.dedup import Deduplicate
+from warta.transforms.extract import ExtractArticles
+from warta.transforms.feeds import PollFeeds
+from warta.transforms.fetch import FetchPages
+from warta.transforms.ner import PreloadModels, TagEntities, known_languages, model_paths
+from warta.transforms.records import RecordFailures
+from warta.transforms.write import WriteDataset, WriteState
 
 _SNAPSHOT: dict[tuple, IndexSnapshot] = {}
 _SNAPSHOT_LOCK = threading.Lock()
@@ -100,7 +100,8 @@ def process_entries(entries, plan: Plan, errors=(), feed_state=None) -> tuple:
     not fetched within the run's budget are staged as the backlog."""
     pages = (entries | "CountEntries" >> beam.Map(count, plan.progress_dir, "entries")
              | "FetchPages" >> FetchPages(plan.settings.http, groups=plan.workers, deadline=plan.deadline))
-    fetched = pages.pages | "CountFetched" >> beam.Map(count, plan.progress_dir, "fetched")
+    fetched = (pages.pages | "CountFetched" >> beam.Map(count, plan.progress_dir, "fetched")
+               | "KillPointFetch" >> beam.Map(kill_point, "fetch"))  # crash tests (lake/faults.py)
     fetch_errors = pages.errors | "CountFetchErrors" >> beam.Map(count, plan.progress_dir, "fetched")
     backlog = (pages.backlog | "CountDeferred" >> beam.Map(count, plan.progress_dir, "deferred")
                | "WriteBacklog" >> WriteState(plan.store, plan.run_id, "backlog"))

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -17,75 +16,22 @@ from typing import Any
 
 logging.getLogger().setLevel(logging.ERROR)  # Beam's import-time warnings (apitools); run() sets up logging
 
-import apache_beam as beam  # noqa: E402
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions  # noqa: E402
 
-from config.settings import ConfigError, Settings, load_feeds, load_settings  # noqa: E402
-from pipeline.build import Plan, build  # noqa: E402
-from pipeline.progress import OUR_LOGGERS, ProgressLine, QuietFilter  # noqa: E402
-from lake.compact import compact_after_run  # noqa: E402
-from lake.commit import (LockedError, RunLock, commit, new_run_id, read_backlog, recover,  # noqa: E402
-                         summarize_staged)
-from pipeline.worker import DirectFnRunner  # noqa: E402
-from pipeline.options import UsageError, split_args, usable_cpus  # noqa: E402
-from transforms.ner import check_ner  # noqa: E402
-from lake.state import FEEDS_FILE  # noqa: E402
-from lake.store import Store  # noqa: E402
+from warta.config.settings import ConfigError, Settings, load_feeds, load_settings  # noqa: E402
+from warta.lake.commit import LockedError, RunLock, commit, new_run_id, read_backlog, recover, summarize_staged  # noqa: E402
+from warta.lake.compact import compact_after_run  # noqa: E402
+from warta.lake.state import FEEDS_FILE  # noqa: E402
+from warta.lake.store import Store  # noqa: E402
+from warta.pipeline.build import Plan, build  # noqa: E402
+from warta.pipeline.exits import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK  # noqa: E402
+from warta.pipeline.options import UsageError, split_args, usable_cpus  # noqa: E402
+from warta.pipeline.progress import ProgressLine, setup_logging  # noqa: E402
+from warta.pipeline.runner import beam_options, execute, local_dask_cluster, parallel_layout, sized_to_machine  # noqa: E402
+from warta.transforms.ner import check_ner  # noqa: E402
 
 log = logging.getLogger("warta")
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
 DEFAULT_RUN_TIME = 15 * 60.0  # seconds: the budget of a one-shot run
 MIN_EVERY_RUN_TIME = 60.0  # with --every the budget is the interval, but at least this (start-up must fit)
-
-
-def beam_options(beam_args: list[str], runner: str | None, dask_address: str | None,
-                 workers: int | None = None, quiet: bool = False) -> PipelineOptions:
-    """Beam's options; on the DirectRunner, ``workers`` > 1 worker processes unless Beam's own flags say
-    otherwise. ``quiet``: worker processes log only errors, and our own messages."""
-    args = list(beam_args)
-    if quiet and not any(a.startswith("--default_sdk_harness_log_level") for a in beam_args):
-        level = logging.getLevelName(log.getEffectiveLevel())
-        args += ["--default_sdk_harness_log_level", "ERROR",
-                 "--sdk_harness_log_level_overrides", json.dumps(dict.fromkeys(OUR_LOGGERS, level))]
-    name = (runner or "direct").lower()
-    if name == "direct":
-        args += ["--runner", "DirectRunner"]
-        given = PipelineOptions(beam_args).view_as(DirectOptions)
-        if workers and workers > 1 and not any(a.startswith("--direct_") for a in beam_args):
-            args += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
-        elif given.direct_num_workers == 0:  # Beam's "as many as CPUs" (it would count all of the host's)
-            args += ["--direct_num_workers", str(usable_cpus())]
-    elif name == "dask":
-        args += ["--runner", "apache_beam.runners.dask.dask_runner.DaskRunner"]
-        if dask_address:
-            args += ["--dask_client_address", dask_address]
-    else:
-        args += ["--runner", runner]
-    return PipelineOptions(args, save_main_session=False)
-
-
-def parallel_layout(options: PipelineOptions, runner: str | None, settings: Settings) -> tuple[int, str, bool]:
-    """(host groups to spread the work over, NER batching, join the sinks) for this runner."""
-    name = (runner or "direct").lower()
-    if name == "direct":
-        workers = options.view_as(DirectOptions).direct_num_workers or 1
-    else:
-        workers = 2 if name == "dask" else 8
-    # Beam's DaskRunner drops elements emitted from finish_bundle (batch through a shuffle there) and
-    # computes only the graph of the last transform (so all sinks must feed one last step); any runner
-    # other than the DirectRunner gets the join, which costs one small extra stage.
-    return settings.parallelism or workers, "shuffle" if name == "dask" else "bundle", name != "direct"
-
-
-def sized_to_machine(settings: Settings, options: PipelineOptions, runner: str | None) -> Settings:
-    """Torch threads per worker = CPUs // worker processes (never more busy threads than cores), unless
-    ``ner.threads`` is set. Worker processes are those of the DirectRunner's multi_processing mode."""
-    if settings.ner.threads or (runner or "direct").lower() != "direct":
-        return settings
-    direct = options.view_as(DirectOptions)
-    procs = (direct.direct_num_workers or 1) if direct.direct_running_mode == "multi_processing" else 1
-    threads = max(1, usable_cpus() // procs)
-    return settings.model_copy(update={"ner": settings.ner.model_copy(update={"threads": threads})})
 
 
 def summary_line(c: dict[str, Any], seconds: float) -> str:
@@ -99,17 +45,6 @@ def summary_line(c: dict[str, Any], seconds: float) -> str:
         missing = ", ".join(f"{lang} ({n} article{'s' * (n != 1)})" for lang, n in c["no_model"].items())
         line += f" | no NER model for {missing}: get one with `warta models download {' '.join(c['no_model'])}`"
     return line
-
-
-def execute(build_fn, plan: Plan, options: PipelineOptions, runner: str | None, verbose: bool = False) -> None:
-    """Build a pipeline with ``build_fn(p, plan)`` on the runner chosen and run it to the end."""
-    direct = (runner or "direct").lower() == "direct"
-    p = beam.Pipeline(runner=DirectFnRunner(quiet=not verbose) if direct else None, options=options)
-    build_fn(p, plan)
-    result = p.run()
-    result.wait_until_finish()
-    if hasattr(result, "client"):  # DaskRunner opens its own client: close it before the cluster goes
-        result.client.close()
 
 
 def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runner: str | None = None,
@@ -145,14 +80,6 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
     return stats
 
 
-def setup_logging(level: str, verbose: bool) -> None:
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    if not verbose:
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(QuietFilter())
-
-
 def run(argv: list[str] | None = None) -> int:
     try:
         ns, beam_args, overrides = split_args(argv)
@@ -169,7 +96,7 @@ def run(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         try:
             if ns.example:
-                from pipeline.example import serve_example
+                from warta.pipeline.example import serve_example
                 ns.feeds, example_overrides = stack.enter_context(serve_example())
                 overrides = {**example_overrides, **overrides}
                 if ns.output == "./data":
@@ -199,18 +126,6 @@ def run(argv: list[str] | None = None) -> int:
             print(f"warta: {e}", file=sys.stderr)
             return EXIT_LOCKED
     return EXIT_OK
-
-
-class local_dask_cluster:
-    """A local dask.distributed cluster (2 worker processes) for ``--runner dask`` without an address."""
-
-    def __enter__(self) -> str:
-        from distributed import LocalCluster
-        self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-        return self.cluster.scheduler_address
-
-    def __exit__(self, *exc) -> None:
-        self.cluster.close()
 
 
 def run_every(interval: float, feeds, settings: Settings, output: str, beam_args: list[str],
@@ -243,14 +158,14 @@ def run_every(interval: float, feeds, settings: Settings, output: str, beam_args
 # Subcommand -> "module:function"; the function takes the remaining argv and returns an exit status.
 # Imported only when chosen, so `warta run` never pays for another command's imports.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("pipeline.cli:run", "poll the feeds once (or --every INTERVAL) and commit to the lake"),
-    "report": ("pipeline.report:report", "write one self-contained HTML page about the lake (--output, --days, --to)"),
-    "stats": ("pipeline.report:stats", "print the lake's key numbers as a plain table (for terminals and cron mail)"),
-    "errors": ("pipeline.errors:errors", "list remembered failures, or `retry` them on the next run"),
-    "compact": ("pipeline.compact:compact_command", "rewrite each partition's small files into large sorted ones; retention"),
-    "models": ("pipeline.models_cmd:models", "download Stanza NER models (`models download en`), list those found"),
-    "backfill": ("pipeline.backfill:backfill", "add older articles of the feeds' sites (paged feeds, sitemaps)"),
-    "archive": ("pipeline.backfill:archive", "add the articles of WARC files (e.g. CC-NEWS) without fetching"),
+    "run": ("warta.pipeline.cli:run", "poll the feeds once (or --every INTERVAL) and commit to the lake"),
+    "report": ("warta.pipeline.report:report", "write one self-contained HTML page about the lake (--output, --days, --to)"),
+    "stats": ("warta.pipeline.report:stats", "print the lake's key numbers as a plain table (for terminals and cron mail)"),
+    "errors": ("warta.pipeline.errors:errors", "list remembered failures, or `retry` them on the next run"),
+    "compact": ("warta.pipeline.compact:compact_command", "rewrite each partition's small files into large sorted ones; retention"),
+    "models": ("warta.pipeline.models_cmd:models", "download Stanza NER models (`models download en`), list those found"),
+    "backfill": ("warta.pipeline.backfill:backfill", "add older articles of the feeds' sites (paged feeds, sitemaps)"),
+    "archive": ("warta.pipeline.backfill:archive", "add the articles of WARC files (e.g. CC-NEWS) without fetching"),
 }
 
 

@@ -9,11 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from config.settings import ConfigError, load_settings
-from lake.commit import LockedError, RunLock, new_run_id, recover
-from lake.compact import Policy, compact, record_lake_schema
-from lake.store import Store
-from pipeline.cli import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK
+from warta.config.settings import ConfigError, load_settings
+from warta.lake.commit import LockedError, RunLock, new_run_id, recover
+from warta.lake.compact import Policy, compact, record_lake_schema
+from warta.lake.store import Store
+from warta.pipeline.exits import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK
 
 log = logging.getLogger("warta")
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from config.settings import ConfigError, load_settings
-from lake.commit import LockedError, RunLock, new_run_id
-from lake.failures import matching, read_records, retry_now
-from lake.state import FEEDS_FILE
-from lake.store import Store
-from transforms.records import STAGES, utcnow
-
-EXIT_OK, EXIT_CONFIG, EXIT_LOCKED = 0, 2, 3
+from warta.config.settings import ConfigError, load_settings
+from warta.lake.commit import LockedError, RunLock, new_run_id
+from warta.lake.failures import matching, read_records, retry_now
+from warta.lake.state import FEEDS_FILE
+from warta.lake.store import Store
+from warta.pipeline.exits import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK
+from warta.transforms.records import STAGES, utcnow
 
 
 def parser() -> argparse.ArgumentParser:

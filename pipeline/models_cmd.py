@@ -10,10 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from config.settings import ConfigError, NerSettings, load_settings
-from transforms.ner import SHIPPED, known_languages, model_source, stanza_dir, stanza_package, stanza_resources
-
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+from warta.config.settings import ConfigError, NerSettings, load_settings
+from warta.pipeline.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from warta.transforms.ner import SHIPPED, known_languages, model_source, stanza_dir, stanza_package, stanza_resources
 
 
 class _Parser(argparse.ArgumentParser):

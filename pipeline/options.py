@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from config.settings import DEFAULT_FEEDS
+from warta.config.settings import DEFAULT_FEEDS
 
 EPILOG = """\
 Settings file (--config, YAML; every key optional, flags override it):

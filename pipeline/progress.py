@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-OUR_LOGGERS = ("warta", "pipeline", "transforms", "lake", "net", "config")
+OUR_LOGGERS = ("warta",)  # our module loggers are all under warta.*
 EVERY = 5.0  # seconds between progress lines (a bar on a TTY is redrawn every second)
 FLUSH = 1.0  # seconds between a worker's writes of its counts
 
@@ -118,7 +118,7 @@ class ProgressLine:
         self._stop = threading.Event()
         self._first_fetch: tuple[float, int] | None = None  # (when, pages) the driver first saw pages fetched
 
-    def __enter__(self) -> "ProgressLine":
+    def __enter__(self) -> ProgressLine:
         self.directory = tempfile.mkdtemp(prefix="warta-progress-")
         self.started = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="warta-progress", daemon=True)
@@ -157,3 +157,11 @@ class ProgressLine:
         with _lock:  # counts of an in-process worker
             _counts.pop(self.directory, None)
             _dirty.discard(self.directory)
+
+
+def setup_logging(level: str, verbose: bool) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(QuietFilter())

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import fsspec
 
-from config.settings import ConfigError, load_settings
-from lake.metrics import Metrics, collect
+from warta.config.settings import ConfigError, load_settings
+from warta.lake.metrics import Metrics, collect
+from warta.pipeline.exits import EXIT_CONFIG, EXIT_OK
 
-EXIT_OK, EXIT_CONFIG = 0, 2
 LABELS = ("PER", "LOC", "ORG")
 LABEL_COLORS = {"PER": "#4c78a8", "LOC": "#54a24b", "ORG": "#e45756"}
 STAGE_COLORS = {"poll": "#b279a2", "robots": "#9d755d", "fetch": "#e45756", "extract": "#f58518",

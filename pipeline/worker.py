@@ -46,7 +46,7 @@ class DirectFnRunner(FnApiRunner):
 
 
 def main() -> None:
-    from pipeline.progress import QuietFilter
+    from warta.pipeline.progress import QuietFilter
     logging.getLogger().handlers[0].addFilter(QuietFilter())
     from apache_beam.runners.worker import sdk_worker_main
     sdk_worker_main.main(sys.argv)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -11,11 +10,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from pipeline.example import atom_feed, rss_feed, wordpress_page  # noqa: E402
-from pipeline.loopback import LoopbackServer, Route  # noqa: E402
 
+from pages import atom_feed, rss_feed, wordpress_page  # noqa: E402
+
+from warta.pipeline.loopback import LoopbackServer, Route  # noqa: E402
+
+# Python code that drops this checkout's editable install from the interpreter (its import finder would answer
+# before a wheel's files): put it first in `python -c` code that must import warta from an installed wheel.
+WITHOUT_CHECKOUT = ("import sys; "
+                    "sys.meta_path = [f for f in sys.meta_path if '__editable__' not in getattr(f, '__module__', '')]; "
+                    "sys.path = [p for p in sys.path if '__editable__' not in p]; ")
 FIXTURES = ROOT / "tests" / "fixtures"  # tests read only these, never the workspace's shared data
 WIB = timezone(timedelta(hours=7))
 T0 = datetime(2024, 11, 12, 10, 0, tzinfo=WIB)

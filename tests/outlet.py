@@ -13,8 +13,9 @@ import gzip
 import random
 from datetime import date, datetime, timedelta, timezone
 
-from pipeline.example import rss_feed, wordpress_page
-from pipeline.loopback import Route
+from pages import rss_feed, wordpress_page
+
+from warta.pipeline.loopback import Route
 
 END = datetime(2024, 11, 12, 12, 0, tzinfo=timezone.utc)
 SINCE = (END - timedelta(days=365)).date()

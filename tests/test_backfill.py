@@ -15,7 +15,6 @@ from datetime import timedelta
 
 import duckdb
 import pytest
-
 from conftest import ROOT
 from outlet import SINCE, Outlet
 

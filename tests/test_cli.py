@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import DirectOptions
 
-from config.settings import Settings
-from pipeline.cli import beam_options, sized_to_machine
-from pipeline.options import usable_cpus
+from warta.config.settings import Settings
+from warta.pipeline.options import usable_cpus
+from warta.pipeline.runner import beam_options, sized_to_machine
 
 
 def direct(options) -> tuple[int, str]:

@@ -11,11 +11,11 @@ from datetime import datetime, timezone
 
 import pyarrow.dataset as ds
 import pytest
-
 from conftest import ROOT
-from lake.commit import BACKLOG, LockedError, RunLock, commit, read_backlog, recover, summarize_staged
-from lake.store import Store
-from transforms.write import staging_dir
+
+from warta.lake.commit import BACKLOG, LockedError, RunLock, commit, read_backlog, recover, summarize_staged
+from warta.lake.schema import staging_dir
+from warta.lake.store import Store
 
 pytestmark = pytest.mark.slow
 COMPARE = ["article_id", "url", "canonical_url", "source", "title", "published_at", "language", "text",

@@ -13,14 +13,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import ROOT
-from config.settings import LakeSettings
-from lake import compact as lc
-from lake.commit import RunLock, commit
-from lake.state import SCHEMA_FILE
-from lake.store import Store
-from transforms.write import ARTICLE_SCHEMA, ERROR_SCHEMA, partition_of, rows_table, staging_dir
+
+from warta.config.settings import LakeSettings
+from warta.lake import compact as lc
+from warta.lake.commit import RunLock, commit
+from warta.lake.state import SCHEMA_FILE
+from warta.lake.store import Store
+from warta.transforms.write import ARTICLE_SCHEMA, ERROR_SCHEMA, partition_of, rows_table, staging_dir
 
 DAY = datetime(2024, 11, 12, tzinfo=timezone.utc)
 
@@ -95,7 +95,7 @@ def test_compaction_writes_one_sorted_zstd_file_per_partition_and_is_idempotent(
 
 
 def test_compaction_that_lost_the_lock_commits_nothing(tmp_path):
-    from lake.lock import LockLost
+    from warta.lake.lock import LockLost
 
     store = Store(str(tmp_path))
     polled_lake(store)
@@ -235,7 +235,7 @@ def test_automatic_policy_compacts_touched_partitions_past_the_threshold_and_clo
 
 
 def test_cli_usage_errors_and_lock(tmp_path):
-    from pipeline.compact import compact_command, parse_size
+    from warta.pipeline.compact import compact_command, parse_size
 
     assert parse_size("128MB") == 128 * 2**20 and parse_size("1g") == 2**30
     assert compact_command(["--output", str(tmp_path), "--bogus"]) == 2

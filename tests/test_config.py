@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import DEFAULT_FEEDS, ConfigError, Settings, load_feeds, load_settings
+from warta.config.settings import DEFAULT_FEEDS, ConfigError, Settings, load_feeds, load_settings
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from transforms.dates import When, best_time, default_timezone, parse_when
+from warta.transforms.dates import When, best_time, default_timezone, parse_when
 
 
 def utc(*args) -> datetime:

@@ -8,14 +8,14 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-
-from config.settings import DedupSettings
 from conftest import seed_article
-from transforms.dedup import Deduplicate, NearDuplicateIndex, decide_all, exact_keys, signature
-from transforms.extract import content_hash
-from lake.state import IndexSnapshot, index_table, load_index
-from lake.store import Store
-from transforms.urls import article_id
+
+from warta.config.settings import DedupSettings
+from warta.lake.state import IndexSnapshot, index_table, load_index
+from warta.lake.store import Store
+from warta.net.urls import article_id
+from warta.transforms.dedup import Deduplicate, NearDuplicateIndex, decide_all, exact_keys, signature
+from warta.transforms.extract import content_hash
 
 S = DedupSettings()
 T = datetime(2024, 11, 12, tzinfo=timezone.utc)

@@ -8,14 +8,14 @@ from datetime import date, datetime, timezone
 
 import feedparser
 import pytest
-
-from config.settings import Feed, HttpSettings
-from net.http import HttpClient
-from pipeline.example import atom_feed, rss_feed
-from pipeline.loopback import Route
-from transforms.discover import Discovery, next_feed_page, parse_sitemap, same_site, ungzip
-from transforms.urls import normalize_url
 from outlet import SINCE, Outlet
+from pages import atom_feed, rss_feed
+
+from warta.config.settings import Feed, HttpSettings
+from warta.net.http import HttpClient
+from warta.net.urls import normalize_url
+from warta.pipeline.loopback import Route
+from warta.transforms.discover import Discovery, next_feed_page, parse_sitemap, same_site, ungzip
 
 SM = 'xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"'
 

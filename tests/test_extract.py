@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from transforms.extract import ExtractArticles, clean_text, detect_language, extract_article, read_meta
+from warta.transforms.extract import ExtractArticles, clean_text, detect_language, extract_article, read_meta
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.metric import corpus_scores  # noqa: E402
@@ -180,7 +180,7 @@ def test_language_precedence_feeds_file_then_text_then_page_then_channel():
 
 
 def test_language_falls_back_to_page_then_channel_when_detection_is_unsure(monkeypatch):
-    monkeypatch.setattr("transforms.extract.detect_language", lambda text, hint=None: None)
+    monkeypatch.setattr("warta.transforms.extract.detect_language", lambda text, hint=None: None)
     assert extract_article(page(article_html(INDONESIAN, "fr"), channel_language="de"))["language"] == "fr"
     assert extract_article(page(article_html(INDONESIAN, ""), channel_language="de"))["language"] == "de"
 
@@ -337,7 +337,7 @@ def test_jsonld_authors_people_first_split_and_outlet_only_as_last_resort():
 
 
 def test_site_profile_overrides_body_title_and_date():
-    from config.settings import ExtractSettings, SiteProfile
+    from warta.config.settings import ExtractSettings, SiteProfile
     html = story('<div class="teaser"><p>Short teaser that the generic extractor would happily keep as text.</p></div>',
                  f'<section id="copy">{paras(PARAS)}</section>',
                  '<span class="when" data-ts="2024-03-12T08:30:00+01:00">12 March</span>',
@@ -471,7 +471,7 @@ def test_day_only_date_takes_the_time_of_the_visible_dateline_of_that_day():
 
 
 def test_recall_pass_runs_only_when_the_precision_pass_may_have_cut_text(monkeypatch):
-    import transforms.extract_body as body
+    import warta.transforms.extract_body as body
     calls = []
     real_run = body._run
     monkeypatch.setattr(body, "_run", lambda page, url, opts: calls.append(opts) or real_run(page, url, opts))

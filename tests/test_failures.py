@@ -7,12 +7,20 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from lake.commit import RunLock
-from lake.failures import BACKOFF, FAILURES_FILE, Failures, failures_table, load_failures, merge_failures, read_records
-from lake.state import FEEDS_FILE, key64
-from lake.store import Store
-from pipeline.cli import dispatch
-from transforms.urls import normalize_url
+from warta.lake.commit import RunLock
+from warta.lake.failures import (
+    BACKOFF,
+    FAILURES_FILE,
+    Failures,
+    failures_table,
+    load_failures,
+    merge_failures,
+    read_records,
+)
+from warta.lake.state import FEEDS_FILE, key64
+from warta.lake.store import Store
+from warta.net.urls import normalize_url
+from warta.pipeline.cli import dispatch
 
 T = datetime(2024, 11, 12, tzinfo=timezone.utc)
 

@@ -5,23 +5,22 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta, timezone
 
-import pytest
-
 import apache_beam as beam
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pages import atom_feed, rss_feed
 
-from config.settings import Feed, HttpSettings
-from pipeline.example import atom_feed, rss_feed
-from pipeline.loopback import Route
-from transforms.feeds import PollFeeds, feed_entries, parse_feed, poll_feed
-from net.http import HttpClient
-from lake.failures import Failures
-from transforms.records import utcnow
-from lake.state import key64
-from transforms.urls import normalize_url
+from warta.config.settings import Feed, HttpSettings
+from warta.lake.failures import Failures
+from warta.lake.state import key64
+from warta.net.http import HttpClient
+from warta.net.urls import normalize_url
+from warta.pipeline.loopback import Route
+from warta.transforms.feeds import PollFeeds, feed_entries, parse_feed, poll_feed
+from warta.transforms.records import utcnow
 
 HTTP = HttpSettings(host_delay=0, total_timeout=3, read_timeout=2, retries=0)
 WHEN = datetime(2024, 11, 12, 3, 0, tzinfo=timezone.utc)
@@ -257,7 +256,7 @@ def test_malformed_links_are_one_error_each_and_the_rest_of_the_feed_is_kept(ser
 def test_poll_feed_never_raises_whatever_a_library_raises(server, monkeypatch):
     server.routes["/rss"] = Route(rss_feed(title="x", link=server.base, items=items(server.base, 2)),
                                   "application/rss+xml")
-    import transforms.feeds as feeds
+    import warta.transforms.feeds as feeds
 
     def boom(*a, **k):
         raise RuntimeError("surprise")

@@ -9,14 +9,14 @@ import time
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-
-from config.settings import HttpSettings
 from conftest import seed_article
-from pipeline.example import wordpress_page
-from pipeline.loopback import Route
-from transforms.extract import ExtractArticles
-from transforms.fetch import FetchPages, one_entry_per_page, pages_within, plan_groups
-from transforms.urls import host_of
+from pages import wordpress_page
+
+from warta.config.settings import HttpSettings
+from warta.net.urls import host_of
+from warta.pipeline.loopback import Route
+from warta.transforms.extract import ExtractArticles
+from warta.transforms.fetch import FetchPages, one_entry_per_page, pages_within, plan_groups
 
 HTTP = HttpSettings(host_delay=0, total_timeout=3, read_timeout=2, retries=0, max_bytes=2_000_000)
 
@@ -33,7 +33,7 @@ def test_hostile_pages_become_articles_or_errors(server):
     cases = {
         "/good.html": Route(good),
         "/random.html": Route(rng, "text/html"),
-        "/badutf8.html": Route(good.encode("utf-8").replace("Rusia".encode(), b"R\xffs\xfeia"), "text/html; charset=utf-8"),
+        "/badutf8.html": Route(good.encode("utf-8").replace(b"Rusia", b"R\xffs\xfeia"), "text/html; charset=utf-8"),
         "/oneline.html": Route("<html><body><p>" + "kata " * 350_000 + "</p></body></html>"),
         "/nul.html": Route(b"\x00" * 100_000, "text/html"),
     }

@@ -8,14 +8,14 @@ import time
 import zlib
 
 import pytest
-
 from conftest import closed_port
-from config.settings import HttpSettings
-from pipeline.loopback import Route
-from net import http
-from net.http import FetchError, HostDeferred, HttpClient, decode_html, is_private_host
-from transforms.extract import extract_article
-from transforms.fetch import fetch_one
+
+from warta.config.settings import HttpSettings
+from warta.net import http
+from warta.net.http import FetchError, HostDeferred, HttpClient, decode_html, is_private_host
+from warta.pipeline.loopback import Route
+from warta.transforms.extract import extract_article
+from warta.transforms.fetch import fetch_one
 
 
 def client(**kw) -> HttpClient:
@@ -256,7 +256,7 @@ def test_charset_whatwg_order_and_replacement():
 
 
 def test_latin1_header_over_a_utf8_page_is_not_believed():
-    page = "<html><body><p>Kata Sánchez, “hari ini” — 25 °C</p></body></html>".encode("utf-8")
+    page = "<html><body><p>Kata Sánchez, “hari ini” — 25 °C</p></body></html>".encode()
     html, charset = decode_html(page, "ISO-8859-1")
     assert charset == "utf-8" and "Sánchez, “hari ini” — 25 °C" in html and "Ã" not in html
 
@@ -272,7 +272,7 @@ def test_latin1_header_on_a_utf8_page_end_to_end_through_fetch_and_extract(serve
 
 
 def test_one_bad_byte_in_utf8_is_one_replacement_not_mojibake():
-    page = "<p>Presiden Joko Widodo berkata “kita maju” di Jakarta. Sánchez</p>".encode("utf-8")
+    page = "<p>Presiden Joko Widodo berkata “kita maju” di Jakarta. Sánchez</p>".encode()
     page = page.replace(b"berkata", b"berk\xffata")
     for header in ("utf-8", None):
         html, charset = decode_html(page, header)
@@ -314,10 +314,10 @@ def test_deferred_hosts_do_not_stall_a_run_and_are_fetched_by_the_next(server, t
     import sys
 
     import pyarrow.dataset as ds
-
     from conftest import ROOT, T0, seed_article
-    from pipeline.example import rss_feed, wordpress_page
-    from pipeline.loopback import LoopbackServer
+    from pages import rss_feed, wordpress_page
+
+    from warta.pipeline.loopback import LoopbackServer
 
     _, paras = seed_article()
     with LoopbackServer() as other:

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from lake.commit import LockedError, RunLock, commit
-from lake.lock import LOCK, LockLost
-from lake.store import Store
-from transforms.write import staging_dir
+from warta.lake.commit import LockedError, RunLock, commit
+from warta.lake.lock import LOCK, LockLost
+from warta.lake.schema import staging_dir
+from warta.lake.store import Store
 
 
 @pytest.fixture(params=["local", "s3"])

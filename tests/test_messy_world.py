@@ -12,11 +12,11 @@ import random
 from datetime import datetime, timezone
 
 import pytest
-
 from conftest import seed_article
-from pipeline.example import rss_feed, wordpress_page
-from pipeline.loopback import LoopbackServer, Route
+from pages import rss_feed, wordpress_page
 from test_pipeline_e2e import articles, errors, run_cli
+
+from warta.pipeline.loopback import LoopbackServer, Route
 
 pytestmark = pytest.mark.slow
 

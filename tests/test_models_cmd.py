@@ -8,13 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
-
-from config.settings import Feed, NerSettings, Settings
 from conftest import closed_port
-from pipeline.build import Plan
-from pipeline.loopback import LoopbackServer, Route
-from pipeline.models_cmd import models
-from transforms.ner import REPO_MODELS, Tagger, known_languages, model_paths, model_source
+
+from warta.config.settings import Feed, NerSettings, Settings
+from warta.pipeline.build import Plan
+from warta.pipeline.loopback import LoopbackServer, Route
+from warta.pipeline.models_cmd import models
+from warta.transforms.ner import REPO_MODELS, Tagger, known_languages, model_paths, model_source
 
 TEXT = ("Presiden Joko Widodo bertemu Vladimir Putin di Moskow pada hari Senin.\n\n"
         "Menurut Kementerian Luar Negeri, pertemuan itu membahas kerja sama Indonesia dan Rusia.")
@@ -133,7 +133,7 @@ def test_usage_errors_exit_2(argv):
 
 
 def test_run_summary_names_missing_languages_and_the_command():
-    from pipeline.cli import summary_line
+    from warta.pipeline.cli import summary_line
     counts = dict.fromkeys(["feeds_polled", "feeds_unchanged", "feeds_failed", "entries_new", "pages_fetched",
                             "pages_extracted", "duplicates_exact", "duplicates_near", "entities",
                             "articles_written", "errors_written"], 1)
@@ -152,7 +152,7 @@ def test_wheel_carries_the_indonesian_model_and_a_missing_one_stops_the_run(tmp_
     import sys
     import zipfile
 
-    from conftest import ROOT
+    from conftest import ROOT, WITHOUT_CHECKOUT
 
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
@@ -162,24 +162,26 @@ def test_wheel_carries_the_indonesian_model_and_a_missing_one_stops_the_run(tmp_
                    check=True, capture_output=True, timeout=300)
     wheel = next((tmp_path / "dist").glob("warta-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"models/stanza/resources.json", "models/stanza/id/ner.pt", "models/stanza/id/ner_pretrain.pt",
-            "transforms/ner.py", "pipeline/models_cmd.py"} <= names
+    assert {"warta/models/stanza/resources.json", "warta/models/stanza/id/ner.pt",
+            "warta/models/stanza/id/ner_pretrain.pt", "warta/transforms/ner.py", "warta/pipeline/models_cmd.py"} <= names
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, timeout=300)
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "STANZA_RESOURCES_DIR": str(tmp_path / "none"),
            "HOME": str(tmp_path)}
-    code = ("import transforms.ner as n; from config.settings import NerSettings; s = NerSettings(); n.check_ner(s); "
+    code = (WITHOUT_CHECKOUT + "import warta.transforms.ner as n; from warta.config.settings import NerSettings; "
+            "s = NerSettings(); n.check_ner(s); "
             "print(n.REPO_MODELS); print(n.Tagger(s, {'id': n.model_paths('id', s)}).tag(["
             "'Presiden Vladimir Putin tiba di Kursk.'], 'id')[0])")
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     where, ents = res.stdout.strip().splitlines()[-2:]
-    assert where == str(site / "models" / "stanza") and "'Vladimir Putin', 'label': 'PER'" in ents
+    assert where == str(site / "warta" / "models" / "stanza") and "'Vladimir Putin', 'label': 'PER'" in ents
 
-    (site / "models" / "stanza" / "id" / "ner.pt").unlink()
-    res = subprocess.run([sys.executable, "-c", "from pipeline.cli import main; main(['run', '--output', 'lake'])"],
+    (site / "warta" / "models" / "stanza" / "id" / "ner.pt").unlink()
+    res = subprocess.run([sys.executable, "-c", WITHOUT_CHECKOUT + "from warta.pipeline.cli import main; "
+                          "main(['run', '--output', 'lake'])"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith(

@@ -13,14 +13,24 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-
-import transforms.ner as ner
-from config.settings import ConfigError, NerSettings
 from conftest import FIXTURES, ROOT, seed_article
-from pipeline.cli import run
-from transforms.ner import (REPO_MODELS, NerModel, TagEntities, Tagger, build_pipeline, check_ner,
-                            documents_per_batch, model_paths, ner_tags, to_label)
-from transforms.segment import sentences
+
+import warta.transforms.ner as ner
+from warta.config.settings import ConfigError, NerSettings
+from warta.pipeline.cli import run
+from warta.transforms.ner import (
+    REPO_MODELS,
+    NerModel,
+    TagEntities,
+    Tagger,
+    build_pipeline,
+    check_ner,
+    documents_per_batch,
+    model_paths,
+    ner_tags,
+    to_label,
+)
+from warta.transforms.segment import sentences
 
 PEOPLE = ["Alice Smith", "Bob Jones", "Carol White", "David Brown", "Emma Green", "Frank Black"]
 PLACES = ["Paris", "London", "Berlin", "Madrid", "Rome", "Vienna"]
@@ -190,7 +200,7 @@ def test_shipped_model_tags_the_seed_article():
 def test_lean_tagging_equals_the_stanza_pipeline():
     """NerModel loads without Stanza's training optimizer and ner_tags skips its Document objects; the
     tags must be exactly what a stanza.Pipeline gives."""
-    from models.build_id_ner import read_bio
+    from warta.models.build_id_ner import read_bio
     paths = model_paths("id", NerSettings())
     sents = [[w for w, _ in s] for s in read_bio(FIXTURES / "ner/id-sentences.bio")]
     expected = [[t.ner for t in s.tokens] for s in build_pipeline("id", paths, 1)(sents).sentences]

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pipeline.options import UsageError, split_args, usable_cpus
+from warta.pipeline.options import UsageError, split_args, usable_cpus
 
 
 def test_beam_options_pass_and_unknown_arguments_are_named():

@@ -10,10 +10,10 @@ from datetime import timedelta
 
 import duckdb
 import pytest
-
 from conftest import ROOT, T0
-from pipeline.example import rss_feed, wordpress_page
-from pipeline.loopback import LoopbackServer, Route
+from pages import rss_feed, wordpress_page
+
+from warta.pipeline.loopback import LoopbackServer, Route
 
 pytestmark = pytest.mark.slow
 

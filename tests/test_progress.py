@@ -6,7 +6,7 @@ import io
 import logging
 import time
 
-from pipeline.progress import ProgressLine, QuietFilter, count, progress_text, read_counts
+from warta.pipeline.progress import ProgressLine, QuietFilter, count, progress_text, read_counts
 
 
 def test_counts_reach_the_driver_and_the_line_shows_them():
@@ -39,6 +39,6 @@ def test_progress_line_while_polling_has_no_estimate():
 def test_quiet_filter_keeps_our_messages_and_others_errors():
     keep = QuietFilter().filter
     rec = lambda name, level: logging.LogRecord(name, level, "", 0, "m", (), None)  # noqa: E731
-    assert keep(rec("warta", logging.INFO)) and keep(rec("lake.commit", logging.WARNING))
+    assert keep(rec("warta", logging.INFO)) and keep(rec("warta.lake.commit", logging.WARNING))
     assert not keep(rec("root", logging.WARNING)) and not keep(rec("apache_beam.runners", logging.INFO))
     assert keep(rec("apache_beam.runners", logging.ERROR))

@@ -8,9 +8,9 @@ import os
 import re
 import shutil
 import subprocess
-from html.parser import HTMLParser
 import sys
 from datetime import date, timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 
 import duckdb
@@ -18,12 +18,12 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import FAST_SETTINGS, ROOT, T0, World
-from lake.metrics import collect
-from pipeline.loopback import LoopbackServer, Route
-from pipeline.example import rss_feed, wordpress_page
-from pipeline.report import key_numbers, report, stats
+from pages import rss_feed, wordpress_page
+
+from warta.lake.metrics import collect
+from warta.pipeline.loopback import LoopbackServer, Route
+from warta.pipeline.report import key_numbers, report, stats
 
 pytestmark = pytest.mark.slow
 DAY1, DAY2 = date(2024, 11, 12), date(2024, 11, 13)

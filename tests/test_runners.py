@@ -12,7 +12,6 @@ from datetime import timedelta
 
 import pyarrow.dataset as ds
 import pytest
-
 from conftest import ROOT, T0
 
 pytestmark = pytest.mark.slow

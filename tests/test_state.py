@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pyarrow as pa
 
-from lake import state
-from lake.state import compact_index, index_table, load_index, record_schema
-from lake.store import Store
+from warta.lake import state
+from warta.lake.state import compact_index, index_table, load_index, record_schema
+from warta.lake.store import Store
 
 NOW = datetime.now(timezone.utc)
 

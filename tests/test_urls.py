@@ -1,13 +1,12 @@
-"""transforms.urls: normalisation, article ids, plausible canonical URLs."""
+"""net.urls: normalisation, article ids, plausible canonical URLs."""
 
 from __future__ import annotations
 
 import pytest
-
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transforms.urls import article_id, host_of, normalize_url, plausible_article_url, url_problem
+from warta.net.urls import article_id, host_of, normalize_url, plausible_article_url, url_problem
 
 
 @pytest.mark.parametrize("url, expected", [

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import ROOT
+from outlet import WORDS
+from pages import wordpress_page
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from conftest import ROOT
-from outlet import WORDS
-from pipeline.example import wordpress_page
-from transforms.warc import read_warc, sites_from
+from warta.transforms.warc import read_warc, sites_from
 
 WARC_DATE = datetime(2024, 3, 1, 10, 0, tzinfo=timezone.utc)
 
@@ -109,8 +109,8 @@ def responses(path: Path) -> int:
 
 
 def test_reader_skips_urls_already_in_the_lake_and_bounds_bodies(tmp_path):
-    from lake.state import key64
-    from transforms.urls import normalize_url
+    from warta.lake.state import key64
+    from warta.net.urls import normalize_url
 
     files, _ = write_warcs(tmp_path)
     seen = {key64(normalize_url("http://warta.test/artikel/0/"))}

@@ -1,1 +1,1 @@
-__version__ = "0.1.0"
+"""Pipeline stages: one module per stage, each a small Beam PTransform over plain functions."""

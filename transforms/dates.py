@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from dateutil import parser as dateparser
 
@@ -65,14 +65,6 @@ class When:
 def zone(name: str | None) -> timezone | ZoneInfo:
     """The named IANA zone, or UTC for None."""
     return ZoneInfo(name) if name else timezone.utc
-
-
-def valid_zone(name: str) -> str:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r} (an IANA name such as Asia/Jakarta)") from None
-    return name
 
 
 def default_timezone(language: str | None) -> str | None:

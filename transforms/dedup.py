@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import re
 from collections import ChainMap
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from config.settings import DedupSettings
-from transforms.outputs import split
-from lake.state import IndexSnapshot, key64
-from transforms.urls import normalize_url, plausible_article_url
+from warta.config.settings import DedupSettings
+from warta.lake.state import IndexSnapshot, key64
+from warta.net.urls import normalize_url, plausible_article_url
+from warta.transforms.outputs import split
 
 INDEX = "index"
 SCHEME = "affine32"  # 32-bit hash values: signatures stored as uint32

@@ -25,11 +25,11 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import lxml.etree
 
-from config.settings import Feed
-from net.http import FetchError, HostDeferred, HttpClient
-from transforms.dates import default_timezone, parse_utc
-from transforms.feeds import feed_entries, parse_feed
-from transforms.urls import host_of, normalize_url
+from warta.config.settings import Feed
+from warta.net.http import FetchError, HostDeferred, HttpClient
+from warta.net.urls import host_of, normalize_url
+from warta.transforms.dates import default_timezone, parse_utc
+from warta.transforms.feeds import feed_entries, parse_feed
 
 USUAL_SITEMAPS = ("/sitemap.xml", "/sitemap_index.xml", "/wp-sitemap.xml")
 MAX_FEED_PAGES = 1000
@@ -136,7 +136,7 @@ class Discovery:
                             for _, e in sorted(self.entries.items())]}
 
     @classmethod
-    def resume(cls, feed: Feed, since: date, until: date | None, state: dict[str, Any] | None) -> "Discovery":
+    def resume(cls, feed: Feed, since: date, until: date | None, state: dict[str, Any] | None) -> Discovery:
         """Continue a saved discovery of the same feed and range; otherwise start afresh."""
         same = state and state.get("feed_url") == feed.url and state.get("since") == since.isoformat() and \
             state.get("until") == (until.isoformat() if until else None)

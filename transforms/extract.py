@@ -26,12 +26,12 @@ from trafilatura.meta import reset_caches
 from trafilatura.metadata import extract_author
 from trafilatura.utils import load_html
 
-from transforms.dates import When, best_time, day_first, in_zone, parse_local, parse_when
-from transforms.extract_body import clean_text, extract_body  # noqa: F401 (clean_text: public here too)
-from transforms.extract_meta import bold_byline, byline, published_time, title_day, with_visible_time
-from transforms.outputs import split
-from transforms.records import error_from
-from transforms.urls import article_id, normalize_url
+from warta.net.urls import article_id, normalize_url
+from warta.transforms.dates import When, best_time, day_first, in_zone, parse_local, parse_when
+from warta.transforms.extract_body import clean_text, extract_body  # noqa: F401 (clean_text: public here too)
+from warta.transforms.extract_meta import bold_byline, byline, published_time, title_day, with_visible_time
+from warta.transforms.outputs import split
+from warta.transforms.records import error_from
 
 ERRORS = "errors"
 

@@ -19,8 +19,8 @@ import re
 from typing import Any
 
 import lxml.html
-from lxml.etree import strip_tags
 import trafilatura
+from lxml.etree import strip_tags
 from trafilatura.utils import load_html
 
 # Lines that are never article text on news pages. Matched case-insensitively against a whole line

@@ -13,13 +13,13 @@ dateline of that day, else the earliest the markup writes for that day. Bylines:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Iterable
 
 from lxml.etree import tostring
 
-from transforms.dates import When, in_zone, parse_local
-from transforms.extract_body import OUTSIDE
+from warta.transforms.dates import When, in_zone, parse_local
+from warta.transforms.extract_body import OUTSIDE
 
 META_NAMES = ("article:published_time", "og:article:published_time", "datePublished", "pubdate", "publishdate",
               "publish-date", "parsely-pub-date", "sailthru.date", "date", "dc.date", "DC.date.issued",

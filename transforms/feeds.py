@@ -8,23 +8,24 @@ from __future__ import annotations
 
 import calendar
 import logging
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import urljoin
 
 import apache_beam as beam
 import feedparser
 
-from config.settings import Feed, HttpSettings
-from net.http import FetchError, HttpClient
-from transforms.outputs import split
-from transforms.records import error_row, utcnow
-from lake.failures import Failures
-from lake.state import key64
-from transforms.dates import When, day_first, default_timezone, parse_when
-from transforms.urls import host_of, normalize_url, url_problem
+from warta.config.settings import Feed, HttpSettings
+from warta.lake.failures import Failures
+from warta.lake.state import key64
+from warta.net.http import FetchError, HttpClient
+from warta.net.urls import host_of, normalize_url, url_problem
+from warta.transforms.dates import When, day_first, default_timezone, parse_when
+from warta.transforms.outputs import split
+from warta.transforms.records import error_row, utcnow
 
 ERRORS = "errors"
 FEED_STATE = "feed_state"

@@ -16,18 +16,18 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import apache_beam as beam
 
-from config.settings import HttpSettings
-from lake import faults
-from transforms.outputs import split
-from net.http import HTML_TYPES, FetchError, HttpClient, decode_html
-from transforms.records import error_from, error_row, utcnow
-from transforms.urls import host_of, normalize_url
+from warta.config.settings import HttpSettings
+from warta.net.http import HTML_TYPES, FetchError, HttpClient, decode_html
+from warta.net.urls import host_of, normalize_url
+from warta.transforms.outputs import split
+from warta.transforms.records import error_from, error_row, utcnow
 
 ERRORS = "errors"
 BACKLOG = "backlog"
@@ -58,7 +58,6 @@ def host_pace(client: HttpClient, url: str) -> float:
 
 def fetch_one(entry: dict[str, Any], client: HttpClient) -> tuple[str, dict[str, Any]]:
     """``("page", row)`` or ``("error", row)``; never raises."""
-    faults.point("fetch")
     try:
         return "page", fetch_page(entry, client)
     except FetchError as e:

@@ -20,10 +20,10 @@ from typing import Any
 
 import apache_beam as beam
 
-from config.settings import ConfigError, NerSettings
-from transforms.outputs import batches, split
-from transforms.records import error_from
-from transforms.segment import sentences
+from warta.config.settings import ConfigError, NerSettings
+from warta.transforms.outputs import batches, split
+from warta.transforms.records import error_from
+from warta.transforms.segment import sentences
 
 log = logging.getLogger(__name__)
 ERRORS = "errors"
@@ -49,6 +49,7 @@ def stanza_dir(settings: NerSettings) -> Path:
     if os.environ.get("STANZA_RESOURCES_DIR"):
         return Path(os.environ["STANZA_RESOURCES_DIR"]).expanduser()
     from importlib.metadata import version
+
     from platformdirs import user_cache_dir
     return Path(user_cache_dir("stanza", "StanfordNLP", version("stanza"))) / "resources"
 

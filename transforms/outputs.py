@@ -7,9 +7,8 @@ to the transforms every runner implements.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import zlib
+from types import SimpleNamespace
 
 import apache_beam as beam
 

@@ -10,7 +10,7 @@ offsets into the original text: entity offsets slice the article text exactly.
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 

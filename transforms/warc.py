@@ -10,22 +10,23 @@ one: ``url`` = ``final_url`` = the record's target URI, ``fetched_at`` = its ``W
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import apache_beam as beam
 import fsspec
 from warcio.archiveiterator import ArchiveIterator
 
-from config.settings import Feed
-from lake.state import key64
-from lake.store import Store
-from net.http import HTML_TYPES, charset_of, decode_html
-from transforms.dates import parse_utc
-from transforms.outputs import split
-from transforms.records import error_row, utcnow
-from transforms.urls import host_of, normalize_url
-from transforms.write import staging_dir
+from warta.config.settings import Feed
+from warta.lake.schema import staging_dir
+from warta.lake.state import key64
+from warta.lake.store import Store
+from warta.net.http import HTML_TYPES, charset_of, decode_html
+from warta.net.urls import host_of, normalize_url
+from warta.transforms.dates import parse_utc
+from warta.transforms.outputs import split
+from warta.transforms.records import error_row, utcnow
 
 ERRORS = "errors"
 SKIPS = ("revisit", "not_response", "status", "not_html", "other_domain", "in_lake", "too_large")

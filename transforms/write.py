@@ -15,29 +15,10 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 
-from lake.failures import failures_table
-from lake.state import index_table
-from lake.store import Store
-
-ENTITY = pa.struct([("text", pa.string()), ("label", pa.string()),
-                    ("start_char", pa.int32()), ("end_char", pa.int32())])
-TS = pa.timestamp("us", tz="UTC")
-ARTICLE_SCHEMA = pa.schema([
-    ("article_id", pa.string()), ("url", pa.string()), ("canonical_url", pa.string()),
-    ("source", pa.string()), ("feed_url", pa.string()), ("title", pa.string()),
-    ("authors", pa.list_(pa.string())), ("published_at", TS), ("fetched_at", TS),
-    ("language", pa.string()), ("text", pa.string()), ("content_hash", pa.string()),
-    ("duplicate_of", pa.string()), ("entities", pa.list_(ENTITY)), ("image_url", pa.string()),
-    ("charset", pa.string()),  # nullable: rows written before it was recorded have none
-])
-ERROR_SCHEMA = pa.schema([
-    ("url", pa.string()), ("feed_url", pa.string()), ("source", pa.string()), ("stage", pa.string()),
-    ("error", pa.string()), ("status", pa.int32()), ("at", TS),
-])
-
-
-def staging_dir(run_id: str) -> str:
-    return f"_state/pending/{run_id}"
+from warta.lake.failures import failures_table
+from warta.lake.schema import ARTICLE_SCHEMA, ERROR_SCHEMA, staging_dir
+from warta.lake.state import index_table
+from warta.lake.store import Store
 
 
 def partition_of(row: dict[str, Any], dataset: str, layout: str = "date_source") -> str:

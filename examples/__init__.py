@@ -1,0 +1,1 @@
+"""The bundled offline example: sample outlets in ``site/`` (package data), served on loopback by ``warta --example``."""

@@ -1,0 +1,94 @@
+"""Runner plumbing shared by the commands: Beam options for the runner chosen, the parallel layout, machine
+sizing, running a built pipeline, and a local Dask cluster for ``--runner dask`` without an address."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+from warta.config.settings import Settings
+from warta.pipeline.options import usable_cpus
+from warta.pipeline.progress import OUR_LOGGERS
+from warta.pipeline.worker import DirectFnRunner
+
+if TYPE_CHECKING:
+    from warta.pipeline.build import Plan
+
+log = logging.getLogger("warta")
+
+
+def beam_options(beam_args: list[str], runner: str | None, dask_address: str | None,
+                 workers: int | None = None, quiet: bool = False) -> PipelineOptions:
+    """Beam's options; on the DirectRunner, ``workers`` > 1 worker processes unless Beam's own flags say
+    otherwise. ``quiet``: worker processes log only errors, and our own messages."""
+    args = list(beam_args)
+    if quiet and not any(a.startswith("--default_sdk_harness_log_level") for a in beam_args):
+        level = logging.getLevelName(log.getEffectiveLevel())
+        args += ["--default_sdk_harness_log_level", "ERROR",
+                 "--sdk_harness_log_level_overrides", json.dumps(dict.fromkeys(OUR_LOGGERS, level))]
+    name = (runner or "direct").lower()
+    if name == "direct":
+        args += ["--runner", "DirectRunner"]
+        given = PipelineOptions(beam_args).view_as(DirectOptions)
+        if workers and workers > 1 and not any(a.startswith("--direct_") for a in beam_args):
+            args += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
+        elif given.direct_num_workers == 0:  # Beam's "as many as CPUs" (it would count all of the host's)
+            args += ["--direct_num_workers", str(usable_cpus())]
+    elif name == "dask":
+        args += ["--runner", "apache_beam.runners.dask.dask_runner.DaskRunner"]
+        if dask_address:
+            args += ["--dask_client_address", dask_address]
+    else:
+        args += ["--runner", runner]
+    return PipelineOptions(args, save_main_session=False)
+
+
+def parallel_layout(options: PipelineOptions, runner: str | None, settings: Settings) -> tuple[int, str, bool]:
+    """(host groups to spread the work over, NER batching, join the sinks) for this runner."""
+    name = (runner or "direct").lower()
+    if name == "direct":
+        workers = options.view_as(DirectOptions).direct_num_workers or 1
+    else:
+        workers = 2 if name == "dask" else 8
+    # Beam's DaskRunner drops elements emitted from finish_bundle (batch through a shuffle there) and
+    # computes only the graph of the last transform (so all sinks must feed one last step); any runner
+    # other than the DirectRunner gets the join, which costs one small extra stage.
+    return settings.parallelism or workers, "shuffle" if name == "dask" else "bundle", name != "direct"
+
+
+def sized_to_machine(settings: Settings, options: PipelineOptions, runner: str | None) -> Settings:
+    """Torch threads per worker = CPUs // worker processes (never more busy threads than cores), unless
+    ``ner.threads`` is set. Worker processes are those of the DirectRunner's multi_processing mode."""
+    if settings.ner.threads or (runner or "direct").lower() != "direct":
+        return settings
+    direct = options.view_as(DirectOptions)
+    procs = (direct.direct_num_workers or 1) if direct.direct_running_mode == "multi_processing" else 1
+    threads = max(1, usable_cpus() // procs)
+    return settings.model_copy(update={"ner": settings.ner.model_copy(update={"threads": threads})})
+
+
+def execute(build_fn, plan: Plan, options: PipelineOptions, runner: str | None, verbose: bool = False) -> None:
+    """Build a pipeline with ``build_fn(p, plan)`` on the runner chosen and run it to the end."""
+    direct = (runner or "direct").lower() == "direct"
+    p = beam.Pipeline(runner=DirectFnRunner(quiet=not verbose) if direct else None, options=options)
+    build_fn(p, plan)
+    result = p.run()
+    result.wait_until_finish()
+    if hasattr(result, "client"):  # DaskRunner opens its own client: close it before the cluster goes
+        result.client.close()
+
+
+class local_dask_cluster:
+    """A local dask.distributed cluster (2 worker processes) for ``--runner dask`` without an address."""
+
+    def __enter__(self) -> str:
+        from distributed import LocalCluster
+        self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+        return self.cluster.scheduler_address
+
+    def __exit__(self, *exc) -> None:
+        self.cluster.close()
