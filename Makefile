@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench models clean
+.PHONY: install run test wheel-check bench models clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ run: install
 test: install
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+wheel-check: install
+	bash .ci/wheel-check
 
 bench: install
 	$(PY) -m pip install -q -e '.[train]'

@@ -6,6 +6,7 @@ naming the file and the field, so the CLI can print it and exit 2.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -57,40 +58,50 @@ class Feed(Strict):
 
 
 class HttpSettings(Strict):
-    user_agent: str = f"warta/{__version__} (+https://github.com/warta-news/warta)"
-    connect_timeout: float = 5.0
-    read_timeout: float = 15.0
-    total_timeout: float = 30.0  # whole response, however slowly it drips
-    max_bytes: int = 5_000_000  # decoded body cap (also caps decompression)
-    max_feed_bytes: int = 10_000_000
-    max_redirects: int = 5
-    retries: int = 2
-    backoff: float = 0.5
-    max_retry_after: float = 60.0  # a longer Retry-After is not waited for: the host is left for the next run
-    respect_robots: bool = True
-    host_delay: float = 1.0  # seconds between requests to one host (robots crawl-delay wins if larger)
-    max_crawl_delay: float = 30.0  # a robots crawl-delay above this is clamped
-    fetch_threads: int = 64  # cap on hosts fetched (and feeds polled) at once per worker; one connection per host
-    block_private_addresses: bool = False  # refuse hosts resolving to private/link-local/loopback addresses
+    user_agent: str = Field(f"warta/{__version__} (+https://github.com/warta-news/warta)",
+                            description="sent with every request")
+    connect_timeout: float = Field(5.0, gt=0, description="seconds to connect")
+    read_timeout: float = Field(15.0, gt=0, description="seconds between two reads of a response")
+    total_timeout: float = Field(30.0, gt=0, description="seconds for a whole response, however slowly it drips")
+    max_bytes: int = Field(5_000_000, ge=1, description="cap on a page's decoded body (compression bombs stop there)")
+    max_feed_bytes: int = Field(10_000_000, ge=1, description="cap on a feed's decoded body")
+    max_redirects: int = Field(5, ge=0, description="redirect hops followed; each hop's scheme (and address) checked")
+    retries: int = Field(2, ge=0, description="retries on connection errors, 429 and 5xx, with backoff")
+    backoff: float = Field(0.5, ge=0, description="backoff factor between retries (seconds, doubling)")
+    max_retry_after: float = Field(60.0, ge=0, description="a longer Retry-After is not waited for: the host's "
+                                   "pages become error rows retried on a later run")
+    respect_robots: bool = Field(True, description="obey robots.txt (RFC 9309); 5xx or unreachable: the host waits")
+    host_delay: float = Field(1.0, ge=0, description="seconds between requests to one host (a larger robots "
+                              "crawl-delay wins)")
+    max_crawl_delay: float = Field(30.0, ge=0, description="a robots crawl-delay above this is clamped")
+    fetch_threads: int = Field(64, ge=1, description="hosts fetched (and feeds polled) at once per worker; one "
+                               "connection per host")
+    block_private_addresses: bool = Field(False, description="refuse hosts resolving to private, loopback or "
+                                          "link-local addresses (multi-tenant deployments)")
 
 
 class NerSettings(Strict):
-    enabled: bool = True
-    model_dir: str | None = None  # directory holding <lang>/ner.pt and <lang>/ner_pretrain.pt (other languages)
-    stanza_dir: str | None = None  # Stanza resources folder; None = Stanza's default ($STANZA_RESOURCES_DIR, ...)
-    languages: dict[str, dict[str, str]] = {}  # explicit per-language paths: {en: {ner_model_path:..., ...}}
-    batch_size: int = 32  # documents per NER batch
-    parallelism: int = 8  # shuffle groups for tagging, on runners that batch through a shuffle (Dask)
-    threads: int | None = None  # torch threads per worker; None = torch default
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU
+    enabled: bool = Field(True, description="tag people, places and organisations")
+    model_dir: str | None = Field(None, description="folder holding <lang>/ner.pt and <lang>/ner_pretrain.pt "
+                                  "for languages other than id")
+    stanza_dir: str | None = Field(None, description="Stanza resources folder searched for other languages' "
+                                   "default NER models; default: $STANZA_RESOURCES_DIR, else Stanza's cache")
+    languages: dict[str, dict[str, str]] = Field({}, description="explicit Stanza paths per language, e.g. "
+                                                 "{en: {ner_model_path: ..., ner_pretrain_path: ...}}")
+    batch_size: int = Field(32, ge=1, description="documents per NER batch on CPU")
+    parallelism: int = Field(8, ge=1, description="NER batch groups on runners that batch through a shuffle")
+    threads: int | None = Field(None, ge=1, description="torch threads per worker process; default: CPUs / "
+                                "worker processes")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when torch sees a GPU")
     gpu_batch_size: int = Field(128, ge=1, description="documents per NER batch when tagging on CUDA")
 
 
 class DedupSettings(Strict):
-    near_threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity for near-duplicates")
-    window_days: int = Field(7, ge=1)
-    shingle_size: int = Field(5, ge=1)
-    num_perm: int = Field(128, ge=16)
+    near_threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity above which an article on "
+                                  "another outlet is flagged duplicate_of")
+    window_days: int = Field(7, ge=1, description="days an article's signature is kept for near-duplicate checks")
+    shingle_size: int = Field(5, ge=1, description="words per shingle for MinHash")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations")
 
 
 class LakeSettings(Strict):
@@ -100,7 +111,8 @@ class LakeSettings(Strict):
     compact_target_mb: int = Field(128, ge=1, description="size of the files compaction writes")
     compact_after_files: int = Field(16, ge=0, description="after a run, compact a partition it touched once it "
                                      "holds this many files (0: never automatically)")
-    compact_closed_days: bool = True  # after a run, compact yesterday's partitions (UTC) that hold several files
+    compact_closed_days: bool = Field(True, description="after a run, compact yesterday's partitions (UTC) that "
+                                      "hold several files")
     retention_days: int | None = Field(None, ge=1, description="articles older than this are deleted by compaction")
     errors_retention_days: int | None = Field(None, ge=1, description="errors/ rows older than this are deleted")
 
@@ -109,7 +121,7 @@ class SiteProfile(Strict):
     """XPath expressions for one outlet whose pages the generic extractor gets wrong."""
 
     body: str | None = Field(None, description="blocks holding the article text, e.g. //div[@class='story']/p")
-    title: str | None = None
+    title: str | None = Field(None, description="the headline element")
     date: str | None = Field(None, description="an element or attribute holding the published time")
 
     @field_validator("body", "title", "date")
@@ -136,10 +148,19 @@ class Settings(Strict):
     max_items_per_feed: int = Field(500, ge=1, description="new entries taken per feed per poll; the rest wait")
     parallelism: int | None = Field(None, ge=1, description="host groups fetched and processed in parallel; "
                                     "default: the runner's worker count (--direct_num_workers, local Dask: 2), else 8")
-    storage_options: dict[str, Any] = {}
-    min_text_chars: int = 200  # shorter extracted bodies are an `extract` error
-    lock_ttl: float = 3600.0  # seconds after which another run may take over a silent lock
-    runner: Literal["direct", "dask"] | str = "direct"
+    storage_options: dict[str, Any] = Field({}, description="passed to fsspec (endpoint_url, key, secret, ...); "
+                                            "fsspec's own environment config works too")
+    min_text_chars: int = Field(200, ge=0, description="shorter extracted bodies are an extract error")
+    lock_ttl: float = Field(3600.0, gt=0, description="seconds after which another run may take over a silent lock")
+    runner: str = Field("direct", description="Beam runner when --runner is not given: direct, dask, or a "
+                        "Beam runner name (FlinkRunner, ...)")
+
+    @field_validator("runner")
+    @classmethod
+    def _runner_name(cls, v: str) -> str:
+        if v.lower() in ("direct", "dask") or re.fullmatch(r"[A-Za-z_][\w.]*Runner", v):
+            return v
+        raise ValueError(f"unknown runner {v!r}: direct, dask, or a Beam runner name such as FlinkRunner")
 
 
 def _read_yaml(path: str | Path) -> Any:

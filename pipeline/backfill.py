@@ -99,6 +99,7 @@ def archive_parser() -> argparse.ArgumentParser:
 def _setup(ns: argparse.Namespace, feeds_path: Path | None) -> tuple[Settings, list, Store]:
     """Settings, feeds and a writable store, or ConfigError."""
     settings = load_settings(ns.config, setting_overrides(ns))
+    ns.runner = ns.runner or settings.runner  # the flag wins over the settings file
     feeds = load_feeds(feeds_path) if feeds_path else []
     store = Store(ns.output, settings.storage_options)
     try:

@@ -102,6 +102,7 @@ def run(argv: list[str] | None = None) -> int:
                 if ns.output == "./data":
                     ns.output = "./data-example"
             settings = load_settings(ns.config, overrides)
+            ns.runner = ns.runner or settings.runner  # the flag wins over the settings file
             feeds = load_feeds(ns.feeds)
             check_ner(settings.ner, ns.runner)
         except ConfigError as e:

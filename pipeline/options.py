@@ -9,30 +9,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from warta.config.docs import epilog_text
 from warta.config.settings import DEFAULT_FEEDS
 
-EPILOG = """\
-Settings file (--config, YAML; every key optional, flags override it):
-  http:
-    user_agent: "warta/0.1.0 (+https://github.com/warta-news/warta)"
-    connect_timeout: 5        read_timeout: 15       total_timeout: 30   # seconds
-    max_bytes: 5000000        max_feed_bytes: 10000000                    # decoded body caps
-    max_redirects: 5          retries: 2             backoff: 0.5
-    respect_robots: true      host_delay: 1.0        max_crawl_delay: 30
-    fetch_threads: 64         block_private_addresses: false
-  ner:
-    enabled: true             batch_size: 32         threads: null
-    model_dir: null           # <dir>/<lang>/ner.pt (+ ner_pretrain.pt) for languages other than id
-    languages: {}             # {en: {ner_model_path: ..., ner_pretrain_path: ...}}
-  dedup:
-    near_threshold: 0.8       window_days: 7         shingle_size: 5     num_perm: 128
-  lake:
-    layout: date_source       # or date (no source level), month (month=YYYY-MM), ingest_date (fetch day); choose first
-    compact_target_mb: 128    compact_after_files: 16   compact_closed_days: true
-    retention_days: null      errors_retention_days: null   # see `warta compact --help`
-  max_items_per_feed: 500     # new entries per feed per poll; the rest wait for the next poll
-  min_text_chars: 200         lock_ttl: 3600
-  storage_options: {}         # passed to fsspec (e.g. {endpoint_url: ..., key: ..., secret: ...})
+EPILOG = epilog_text() + """
 
 Beam pipeline options known to Beam (e.g. --runner FlinkRunner, --direct_num_workers 2) are passed to
 Beam; anything after a bare `--` goes to Beam unchecked (options of runners not installed here).

@@ -41,7 +41,7 @@ class DirectFnRunner(FnApiRunner):
     @_default_environment.setter
     def _default_environment(self, environment) -> None:
         if isinstance(environment, SubprocessSDKEnvironment) and self.quiet:
-            environment = SubprocessSDKEnvironment.from_command_string(f"{sys.executable} -m pipeline.worker")
+            environment = SubprocessSDKEnvironment.from_command_string(f"{sys.executable} -m warta.pipeline.worker")
         self._environment = environment
 
 

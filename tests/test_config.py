@@ -40,3 +40,37 @@ def test_bad_feeds_files(tmp_path, text, match):
     f.write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_feeds(f)
+
+
+def test_settings_docs_are_generated_from_the_models_and_agree():
+    """#24: one source for the settings reference. Every setting has a description; the README table, the
+    --help epilog and settings.example.yaml are what config/docs.py generates from the pydantic models."""
+    from conftest import ROOT
+
+    from warta.config import docs
+    from warta.pipeline.options import EPILOG
+
+    rows = docs.settings_rows()
+    assert all(about for _, _, about in rows), [k for k, _, about in rows if not about]
+    assert {"http.max_retry_after", "ner.stanza_dir", "ner.device", "ner.gpu_batch_size", "extract.profiles",
+            "parallelism", "runner"} <= {k for k, _, _ in rows}
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert docs.with_table(readme) == readme, "README settings table is stale: python -m warta.config.docs"
+    assert (ROOT / "config" / "settings.example.yaml").read_text(encoding="utf-8") == docs.example_yaml()
+    for key, _, _ in rows:
+        assert f"  {key} = " in EPILOG
+    # the example file is a valid settings file that gives the defaults
+    assert load_settings(ROOT / "config" / "settings.example.yaml") == Settings()
+
+
+@pytest.mark.parametrize("runner, ok", [("dask", True), ("FlinkRunner", True), ("DIRECT", True),
+                                        ("apache_beam.runners.dask.dask_runner.DaskRunner", True),
+                                        ("dsak", False), ("flink", False)])
+def test_runner_in_settings_is_a_known_name_or_a_beam_runner(tmp_path, runner, ok):
+    p = tmp_path / "s.yaml"
+    p.write_text(f"runner: {runner}\n")
+    if ok:
+        assert load_settings(p).runner == runner
+    else:
+        with pytest.raises(ConfigError, match="unknown runner"):
+            load_settings(p)

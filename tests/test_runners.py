@@ -35,7 +35,9 @@ def test_dask_cluster_writes_the_same_lake_as_direct_runner(world, tmp_path, fas
     feeds = world.feeds_yaml(tmp_path / "feeds.yaml", "patroli", "kabar", "en", "missing")
     direct, dask = tmp_path / "direct", tmp_path / "dask"
     a = cli("--feeds", feeds, "--output", direct, "--config", fast_config, "--no-ner")
-    b = cli("--feeds", feeds, "--output", dask, "--config", fast_config, "--no-ner", "--runner", "dask")
+    on_dask = tmp_path / "dask.yaml"  # the runner chosen in the settings file (no --runner flag)
+    on_dask.write_text(fast_config.read_text() + "runner: dask\n")
+    b = cli("--feeds", feeds, "--output", dask, "--config", on_dask, "--no-ner")
     assert a.returncode == 0, a.stderr[-2000:]
     assert b.returncode == 0, b.stderr[-2000:]
     assert "Start worker" in b.stderr or "distributed" in b.stderr  # it really ran on dask.distributed

@@ -1,4 +1,4 @@
-"""Stage 4 — deduplicate: exact (URL, canonical URL, text hash) and near-duplicates (MinHash LSH).
+"""Stage 5 — deduplicate (after NER): exact (URL, canonical URL, text hash) and near-duplicates (MinHash LSH).
 
 Exact duplicates are dropped (recorded in the index only): the same final URL (two feed links redirecting
 to one page), the same declared canonical URL when it plausibly names the article (same site, not the home

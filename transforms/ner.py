@@ -1,4 +1,4 @@
-"""Stage 5 — named entities with Stanza, on batches of documents.
+"""Stage 4 — named entities with Stanza, on batches of documents.
 
 Text is split into sentences and tokens by :mod:`transforms.segment` (so every entity carries exact
 character offsets into ``text``) and handed to Stanza pre-tokenised. One model per language is loaded
