@@ -7,6 +7,7 @@
 
     python bench/bench_extraction.py [--data ../shared/data] [--json bench/results/extraction.json]
                                      [--ablation] [--only real|benchmark|golden] [--folds 5]
+                                     [--real-json FILE] [--memory-pages N]
 
 Publishers (hosts for the benchmark) are split into ``--folds`` folds by a hash of their name; every score
 is given per fold, overall (every page is in exactly one held-out fold) and per language group
@@ -213,6 +214,21 @@ def verdict(entry: dict, sets) -> str:
     return "keep" if sum(t["folds_up"] for t in touched) >= 2 else "one fold"
 
 
+def memory_profile(pages: list[dict], total: int) -> list[dict]:
+    """RSS every 1,000 pages while the extraction stage (its Beam DoFn) runs over ``total`` pages."""
+    import psutil
+
+    from transforms.extract import _ExtractFn
+    fn, proc, points = _ExtractFn(200, None), psutil.Process(), []
+    for i in range(total):
+        p = pages[i % len(pages)]
+        list(fn.process({"url": p["url"] or f"http://x/{i}", "feed_url": "f", "source": "s", "html": p["html"],
+                         "fetched_at": p["fetched"]}))
+        if (i + 1) % 1000 == 0:
+            points.append({"pages": i + 1, "rss_mb": round(proc.memory_info().rss / 2**20, 1)})
+    return points
+
+
 def fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else "–"
 
@@ -238,6 +254,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "extraction.json")
+    ap.add_argument("--real-json", type=Path, help="also write the real pages' results here")
+    ap.add_argument("--memory-pages", type=int, default=0, help="also track RSS over this many pages (e.g. 10000)")
     ap.add_argument("--only", choices=["real", "benchmark", "golden"], help="run one page set")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--ablation", action="store_true", help="also score each rule switched off")
@@ -277,8 +295,14 @@ def main(argv=None) -> int:
                 cells.append(f"{s}: {gains or '0'} f{t['folds_up']}/{t['folds_down']} "
                              f"p{t['publishers_up']}/{t['publishers_down']}")
             print(f"{e['rule']:15} {e['verdict']:13} " + " | ".join(cells))
+    if args.memory_pages:
+        report["memory"] = memory_profile([p for pages in sets.values() for p in pages], args.memory_pages)
+        for point in report["memory"]:
+            print(f"after {point['pages']:6d} pages: RSS {point['rss_mb']} MB")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))
+    if args.real_json and "real" in report["sets"]:
+        args.real_json.write_text(json.dumps(report["sets"]["real"], indent=1))
     return 0
 
 
