@@ -9,6 +9,9 @@ finds the main text; around it we
   when the page renders its article with JavaScript,
 - drop lines that are link lists (teasers for other stories) and boilerplate lines (Indonesian and international: "Baca Juga", related-story teasers, "Trending",
   donation appeals) and a leading headline.
+- drop the trailing lines a JSON-LD ``articleBody`` that agrees with the text leaves out (author boxes, book
+  details, subscription notices: what follows the article on the page but not in the publisher's own copy).
+Each rule has a switch in ``RULES`` (all on) so the leave-publisher-out bench can ablate it.
 A per-site profile (XPath for the body) replaces all of this for one host.
 """
 
