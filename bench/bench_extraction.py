@@ -218,7 +218,7 @@ def memory_profile(pages: list[dict], total: int) -> list[dict]:
     """RSS every 1,000 pages while the extraction stage (its Beam DoFn) runs over ``total`` pages."""
     import psutil
 
-    from transforms.extract import _ExtractFn
+    from warta.transforms.extract import _ExtractFn
     fn, proc, points = _ExtractFn(200, None), psutil.Process(), []
     for i in range(total):
         p = pages[i % len(pages)]

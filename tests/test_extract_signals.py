@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from trafilatura.utils import load_html
 
 from warta.transforms.extract import extract_article
 from warta.transforms.extract_body import RULES, jsonld_article_body, trim_tail_outside
@@ -56,7 +57,6 @@ def ld(body: str) -> str:
 
 def test_jsonld_article_body_is_read_from_nested_graphs_and_html():
     graph = {"@graph": [{"@type": "WebPage"}, {"@type": "NewsArticle", "articleBody": "<p>One.</p><p>Two.</p>"}]}
-    from trafilatura.utils import load_html
     tree = load_html(f'<html><head><script type="application/ld+json">{json.dumps(graph)}</script></head>'
                      "<body><p>x</p></body></html>")
     assert jsonld_article_body(tree) == "One.Two."
