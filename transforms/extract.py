@@ -28,7 +28,7 @@ from trafilatura.utils import load_html
 
 from warta.net.urls import article_id, normalize_url
 from warta.transforms.dates import When, best_time, day_first, in_zone, parse_local, parse_when
-from warta.transforms.extract_body import clean_text, extract_body  # noqa: F401 (clean_text: public here too)
+from warta.transforms.extract_body import RULES, clean_text, extract_body  # noqa: F401 (clean_text: public here too)
 from warta.transforms.extract_meta import bold_byline, byline, published_time, title_day, with_visible_time
 from warta.transforms.outputs import split
 from warta.transforms.records import error_from
@@ -167,6 +167,8 @@ def clean_title(title: str, keys: set[str], others: list[str | None] = (), confi
     """Drop a trailing site name (and anything after it) and use a shorter candidate (``others``) the title
     merely extends with a kicker or a section, unless a candidate in ``confirm`` carries that kicker or section too."""
     title = _spaced(title)
+    if not RULES["title_cut"]:
+        return title
     for other in map(_spaced, others):
         if other and other != title and len(other) >= 10:
             longer = [_loose(c) for c in map(_spaced, confirm) if c != other and other in c]
@@ -209,7 +211,7 @@ def pick_title(headline: str | None, social: str | None, h1: str | None, page_ti
         return clean_title(text, keys, [h1, social], confirm) if text else None
     first = headline if headline and not ESCAPED.search(headline) else None
     chosen = clean(first or social or headline or h1 or page_title, [social if first else headline])
-    if not (headline and social):
+    if not (headline and social and RULES["title_choice"]):
         return chosen
     ld, og = clean(headline, [social]), clean(social, [headline])
     if _same_words(ld, og):
@@ -266,7 +268,8 @@ def read_meta(tree, base_url: str, tz: str | None = None, dayfirst: bool = False
                                        '@property="article:author"]/@content') if v.strip() and "://" not in v]
     ld_names = [n for obj in articles for n in _names(obj.get("author")) if _squash(n) not in accounts]
     authors = ([n for n in clean_authors(ld_names, set()) if _squash(n) not in keys] or clean_authors(a, keys)
-               or clean_authors([extract_author(tree) or ""], keys) or clean_authors([byline(tree) or ""], keys)
+               or (RULES["visible_byline"] and (clean_authors([extract_author(tree) or ""], keys)
+                                                or clean_authors([byline(tree) or ""], keys)))
                or clean_authors(ld_names or a, set()))
     headline = next((o["headline"] for o in articles if isinstance(o.get("headline"), str) and o["headline"].strip()),
                     None) or meta("headline")  # JSON-LD, else a <meta name/itemprop="headline">
@@ -368,7 +371,7 @@ def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict
                         body_xpath=profile.get("body"))
     authors = page.get("feed_authors") or meta.authors
     keys = site_keys(tree, final_url)
-    if not authors or all(_is_site(a, keys) for a in authors):  # no one named: a bold byline atop the body?
+    if RULES["bold_byline"] and (not authors or all(_is_site(a, keys) for a in authors)):  # no one named: a bold byline atop the body?
         named = bold_byline(tree, text)
         if named:
             authors = clean_authors([named], keys) or authors
@@ -380,7 +383,7 @@ def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict
     published = best_time([  # an explicit offset beats a time read in the feed's zone
         When(feed_time, bool(page.get("feed_time_explicit", True))) if feed_time else None,
         When(meta.published_at, meta.published_explicit) if meta.published_at else None], fetched_at) \
-        or best_time([page_date(tree, tz)], fetched_at)  # the page's day (never explicit): only as a last resort
+        or (best_time([page_date(tree, tz)], fetched_at) if RULES["page_day"] else None)  # the page's day (never explicit): only as a last resort
     url = normalize_url(final_url)
     return {
         "article_id": article_id(url),

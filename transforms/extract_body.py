@@ -9,6 +9,9 @@ finds the main text; around it we
   when the page renders its article with JavaScript,
 - drop lines that are link lists (teasers for other stories) and boilerplate lines (Indonesian and international: "Baca Juga", related-story teasers, "Trending",
   donation appeals) and a leading headline.
+- drop the trailing lines a JSON-LD ``articleBody`` that agrees with the text leaves out (author boxes, book
+  details, subscription notices: what follows the article on the page but not in the publisher's own copy).
+Each rule has a switch in ``RULES`` (all on) so the leave-publisher-out bench can ablate it.
 A per-site profile (XPath for the body) replaces all of this for one host.
 """
 
@@ -22,6 +25,30 @@ import lxml.html
 import trafilatura
 from lxml.etree import strip_tags
 from trafilatura.utils import load_html
+
+# Switches for the rules around trafilatura, all on in the pipeline. ``bench/bench_extraction.py --ablation``
+# turns them off one at a time to see which rules help on held-out publishers (leave-publisher-out folds).
+RULES: dict[str, bool] = {
+    "prepare": True,         # drop embedded post cards and empty inline tags, unwrap ruby
+    "recall_pass": True,     # the recall-mode pass when the precision pass kept little
+    "full_pass": True,       # the non-fast pass when the text is short against the page's paragraphs
+    "script_text": True,     # JSON-LD articleBody / script JSON when the page renders with JavaScript
+    "siblings": True,        # paragraphs of sibling containers the body continues in
+    "lead": True,            # the standfirst above the article container
+    "lead_media": True,      # ... but not a lead block holding an image (a lead photo and its caption)
+    "ld_tail": True,         # trailing lines outside a JSON-LD articleBody that agrees with the text dropped
+    "teasers": True,         # link lists and story cards dropped
+    "captions": True,        # caption/credit texts dropped
+    "boilerplate": True,     # BOILERPLATE_LINE lines dropped
+    "tail_marker": True,     # text cut at a related-stories heading
+    "leading_title": True,   # a headline the body starts with dropped
+    "title_choice": True,    # og:title over the JSON-LD headline where the page shows it (pick_title)
+    "title_cut": True,       # kicker, section and site-name cut from the title (clean_title)
+    "visible_byline": True,  # authors from the visible byline (trafilatura's and ours)
+    "bold_byline": True,     # a bold name atop the body as author when the CMS names only the site
+    "borrowed_zone": True,   # a time without offset takes the offset the page gives that time elsewhere
+    "page_day": True,        # title day / htmldate day as last resort for the published time
+}
 
 # Lines that are never article text on news pages. Matched case-insensitively against a whole line
 # after trimming.
@@ -86,6 +113,8 @@ PRECISE = {"favor_precision": True, "fast": True, "include_comments": False, "in
 BROAD = {"favor_recall": True, "fast": True, "include_comments": False, "include_tables": True}
 FALLBACK = {"favor_recall": True, "fast": False, "include_comments": False, "include_tables": True}
 RECALL_SWITCH = 0.5
+# A JSON-LD articleBody agrees with the extracted text when it holds this share of the text's characters.
+LD_AGREEMENT = 0.85
 # The recall pass is skipped when the precision pass already holds BROAD_SKIP of the page's paragraph text
 # (on both benchmark page sets it was never taken then: 213 of 264 pages skip it).
 BROAD_SKIP = 0.8
@@ -117,15 +146,17 @@ def clean_text(text: str) -> str:
     raw_lines = [" ".join(INLINE_MARKERS.sub(" ", raw).split()) for raw in text.splitlines()]
     raw_lines = [line for line in raw_lines if line]
     for i, line in enumerate(raw_lines):
-        if i >= len(raw_lines) / 3 and TAIL_MARKER.match(line):
+        if RULES["tail_marker"] and i >= len(raw_lines) / 3 and TAIL_MARKER.match(line):
             raw_lines = raw_lines[:i]
             break
-    return "\n".join(line for line in raw_lines if not BOILERPLATE_LINE.match(line))
+    return "\n".join(line for line in raw_lines if not (RULES["boilerplate"] and BOILERPLATE_LINE.match(line)))
 
 
 def drop_leading_title(text: str, titles: list[str | None]) -> str:
     """Remove the headline when the extractor kept it as the first line of the body (alone, or with a kicker
     or section name before it, or a credit after it)."""
+    if not RULES["leading_title"]:
+        return text
     wanted = {norm(t) for t in titles if t and len(norm(t)) >= 10}
     first, _, rest = text.partition("\n")
     line = norm(first)
@@ -172,7 +203,8 @@ def lead(tree, text: str) -> str | None:
         if el.tag != "p" and not any(w in cls for w in LEAD_WORDS) or _outside(el):
             continue
         words = norm(_text(el))
-        if not 40 <= len(words) <= 800 or el.xpath(".//p[string-length(normalize-space()) > 40] | .//script"):
+        media = ".//img | .//picture | .//figure | .//video | " if RULES["lead_media"] else ""
+        if not 40 <= len(words) <= 800 or el.xpath(f"{media}.//p[string-length(normalize-space()) > 40] | .//script"):
             continue
         classed = re.search(LEAD_CLASS, el.get("class", ""), re.I)
         quoted = len(desc) >= 40 and words.startswith(desc)
@@ -223,6 +255,49 @@ def sibling_containers(tree, text: str) -> str:
     return ""
 
 
+def jsonld_article_body(tree) -> str:
+    """The longest JSON-LD ``articleBody`` of the page (HTML in it reduced to text), or ''."""
+    best = ""
+    for script in tree.xpath('//script[@type="application/ld+json"]/text()'):
+        if "articleBody" not in script:
+            continue
+        try:
+            stack = [json.loads(script.strip().removeprefix("<![CDATA[").removesuffix("]]>"))]
+        except ValueError:
+            continue
+        while stack:
+            item = stack.pop()
+            if isinstance(item, list):
+                stack.extend(item)
+            elif isinstance(item, dict):
+                body = item.get("articleBody")
+                if isinstance(body, str) and len(body) > len(best):
+                    best = body
+                stack.extend(v for v in item.values() if isinstance(v, (list, dict)))
+    if "<" in best:
+        try:
+            best = lxml.html.fromstring(best).text_content()
+        except (lxml.etree.ParserError, ValueError):
+            return ""
+    return best
+
+
+def trim_tail_outside(text: str, article_body: str) -> str:
+    """Drop the trailing lines the page's JSON-LD ``articleBody`` does not hold, when that articleBody agrees
+    with the text (holds at least LD_AGREEMENT of its characters): what follows the article in the page
+    (newsletter boxes, book details, subscription notices) but not in the publisher's own copy of it."""
+    if len(article_body) < 200:
+        return text
+    lines, held = text.splitlines(), norm(article_body)
+    inside = [norm(line) in held for line in lines]
+    if sum(len(x) for x, i in zip(lines, inside) if i) < LD_AGREEMENT * sum(map(len, lines)):
+        return text
+    end = len(lines)
+    while end > 0 and not inside[end - 1]:
+        end -= 1
+    return "\n".join(lines[:end]) if end else text
+
+
 def captions(tree) -> set[str]:
     """Texts of image captions and credits, which trafilatura sometimes keeps as paragraphs."""
     return {norm(_text(el)) for el in tree.xpath("//figcaption | //*[@class]")
@@ -261,27 +336,30 @@ def extract_body(html: str | bytes, url: str | None, options: dict[str, Any] | N
         return drop_leading_title(clean_text(profile_body(tree, body_xpath)), list(titles))
     if options:
         return drop_leading_title(clean_text(_run(page, url, options)), list(titles))
-    if tree is not None:
+    if tree is not None and RULES["prepare"]:
         prepare(tree)
     visible = paragraph_chars(tree) if tree is not None else 0
     text = _run(page, url, PRECISE)
-    if visible < 500 or len(text) < BROAD_SKIP * visible:  # else the recall pass would not be taken anyway
+    if RULES["recall_pass"] and (visible < 500 or len(text) < BROAD_SKIP * visible):  # else never taken anyway
         broad = _run(page, url, BROAD)
         if len(text) < RECALL_SWITCH * len(broad):
             text = broad
     if tree is not None:
-        if len(text) < SHORT_SHARE * visible:
+        if RULES["full_pass"] and len(text) < SHORT_SHARE * visible:
             text = max(text, _run(page, url, FALLBACK), key=len)
-        if len(text) < SHORT_SHARE * visible or len(text) < 400:
+        if RULES["script_text"] and (len(text) < SHORT_SHARE * visible or len(text) < 400):
             scripted = script_text(tree)
             if len(scripted) > 2 * len(text):
                 text = scripted
-        more = sibling_containers(tree, text)
+        more = sibling_containers(tree, text) if RULES["siblings"] else ""
         if more:
             text = f"{text}\n{more}"
-        first = lead(tree, text)
+        first = lead(tree, text) if RULES["lead"] else None
         if first:
             text = f"{first}\n{text}"
-        teasers = link_lines(tree) | captions(tree)
+        teasers = (link_lines(tree) if RULES["teasers"] else set()) | (captions(tree) if RULES["captions"] else set())
         text = "\n".join(line for line in text.splitlines() if norm(line.lstrip("-• ")) not in teasers)
-    return drop_leading_title(clean_text(text), list(titles))
+    text = clean_text(text)
+    if tree is not None and RULES["ld_tail"]:
+        text = trim_tail_outside(text, jsonld_article_body(tree))
+    return drop_leading_title(text, list(titles))

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from lxml.etree import tostring
 
 from warta.transforms.dates import When, in_zone, parse_local
-from warta.transforms.extract_body import OUTSIDE
+from warta.transforms.extract_body import OUTSIDE, RULES
 
 META_NAMES = ("article:published_time", "og:article:published_time", "datePublished", "pubdate", "publishdate",
               "publish-date", "parsely-pub-date", "sailthru.date", "date", "dc.date", "DC.date.issued",
@@ -46,7 +46,7 @@ def published_time(tree, articles: list[dict], meta, tz: str | None = None, dayf
     says ``10:00`` in one place and ``10:00+02:00`` in another), else it is read in ``tz``."""
     found = (d for d in (parse_local(v, dayfirst) for v in candidates(tree, articles, meta)) if d is not None)
     first = next(found, None)
-    if first is not None and first.tzinfo is None:
+    if first is not None and first.tzinfo is None and RULES["borrowed_zone"]:
         zoned = next((d for d in found if d.tzinfo is not None
                       and abs(d.replace(tzinfo=None) - first) <= timedelta(days=1)), None)
         first = first.replace(tzinfo=zoned.tzinfo) if zoned else first
