@@ -346,7 +346,7 @@ def _profile_value(tree, xpath: str | None) -> str | None:
     return " ".join(text.split()) or None
 
 
-def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict[str, Any] | None = None,
+def extract_article(page: dict[str, Any], *, min_chars: int = 200,
                     profiles: dict[str, dict[str, str | None]] | None = None) -> dict[str, Any]:
     """A fetched page in, an article row (without entities) out. Raises ValueError when no article is found.
 
@@ -367,7 +367,7 @@ def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict
         meta = replace(meta, title=_profile_value(tree, profile.get("title")) or meta.title,
                        **({"published_at": when.at, "published_explicit": when.explicit} if when else {}))
     h1 = [" ".join(h.text_content().split()) for h in tree.xpath("//h1")[:2]]
-    text = extract_body(html, final_url, options, titles=[page.get("feed_title"), meta.title, *h1], tree=tree,
+    text = extract_body(html, final_url, titles=[page.get("feed_title"), meta.title, *h1], tree=tree,
                         body_xpath=profile.get("body"))
     authors = page.get("feed_authors") or meta.authors
     keys = site_keys(tree, final_url)
@@ -409,15 +409,15 @@ def extract_article(page: dict[str, Any], *, min_chars: int = 200, options: dict
 
 
 class _ExtractFn(beam.DoFn):
-    def __init__(self, min_chars: int, options: dict[str, Any] | None, profiles: dict[str, dict] | None = None):
-        self.min_chars, self.options, self.profiles = min_chars, options, profiles
+    def __init__(self, min_chars: int, profiles: dict[str, dict] | None = None):
+        self.min_chars, self.profiles = min_chars, profiles
         self.ok = beam.metrics.Metrics.counter("warta", "pages_extracted")
         self.failed = beam.metrics.Metrics.counter("warta", "extract_failed")
         self.count = 0
 
     def process(self, page):
         try:
-            row = extract_article(page, min_chars=self.min_chars, options=self.options, profiles=self.profiles)
+            row = extract_article(page, min_chars=self.min_chars, profiles=self.profiles)
         except Exception as e:  # hostile HTML must not escape: dead-letter it
             self.failed.inc()
             yield ERRORS, error_from(e, "extract", page)
@@ -434,12 +434,11 @@ class ExtractArticles(beam.PTransform):
     """Pages in; article rows out (main) and ``errors``."""
 
     min_chars: int = 200
-    options: dict[str, Any] | None = None
     profiles: dict[str, dict[str, str | None]] | None = None  # extract.profiles: {host: {body, title, date}}
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, pages):
-        tagged = pages | "Extract" >> beam.ParDo(_ExtractFn(self.min_chars, self.options, self.profiles))
+        tagged = pages | "Extract" >> beam.ParDo(_ExtractFn(self.min_chars, self.profiles))
         return split(tagged, ["articles", ERRORS])

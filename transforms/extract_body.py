@@ -321,11 +321,10 @@ def profile_body(tree, xpath: str) -> str:
                                                        " ".join(str(el).split())))
 
 
-def extract_body(html: str | bytes, url: str | None, options: dict[str, Any] | None = None,
-                 titles: list[str | None] = (), tree=None, body_xpath: str | None = None) -> str:
+def extract_body(html: str | bytes, url: str | None, titles: list[str | None] = (), tree=None,
+                 body_xpath: str | None = None) -> str:
     """Cleaned body text of one page (metadata is read separately, see ``read_meta``).
 
-    ``options`` (trafilatura keyword arguments) replace our strategy with a single trafilatura pass.
     ``titles`` are headlines known from elsewhere (feed, meta tags), dropped if the body starts with one.
     ``tree`` is the page parsed by ``trafilatura.utils.load_html`` (parsed here when not given); ``body_xpath`` a per-site profile.
     """
@@ -334,8 +333,6 @@ def extract_body(html: str | bytes, url: str | None, options: dict[str, Any] | N
     page = html if tree is None else tree  # trafilatura copies a tree it is given, so it is parsed only once
     if body_xpath and tree is not None:
         return drop_leading_title(clean_text(profile_body(tree, body_xpath)), list(titles))
-    if options:
-        return drop_leading_title(clean_text(_run(page, url, options)), list(titles))
     if tree is not None and RULES["prepare"]:
         prepare(tree)
     visible = paragraph_chars(tree) if tree is not None else 0
