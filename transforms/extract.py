@@ -239,6 +239,27 @@ def clean_authors(names: list[str], keys: set[str]) -> list[str]:
     return out
 
 
+def cms_accounts(articles: list[dict]) -> set[str]:
+    """Squashed names of CMS accounts (admin, editor) given as JSON-LD authors."""
+    return {_squash(n) for obj in articles for a in _listed(obj.get("author")) if _is_account(a) for n in _names(a)}
+
+
+def page_authors(tree, articles: list[dict], keys: set[str]) -> list[str]:
+    """The page's authors: JSON-LD people, agencies and the outlet's desks ("Redaktion example.de", "MDR
+    Sachsen-Anhalt"), else author meta tags, else the visible byline; the outlet's own name (og:site_name,
+    host: ``keys``) only when no one else is named. A CMS account's name ("admin") is never a byline.
+    (Last of all, :func:`extract_article` looks for a bold name atop the body when this names no one.)"""
+    accounts = cms_accounts(articles)
+    keys = keys | accounts
+    meta = [v.strip() for v in tree.xpath('//meta[@name="author" or @property="author" or @name="article:author" or '
+                                          '@property="article:author"]/@content') if v.strip() and "://" not in v]
+    ld_names = [n for obj in articles for n in _names(obj.get("author")) if _squash(n) not in accounts]
+    return ([n for n in clean_authors(ld_names, set()) if _squash(n) not in keys] or clean_authors(meta, keys)
+            or (RULES["visible_byline"] and (clean_authors([extract_author(tree) or ""], keys)
+                                             or clean_authors([byline(tree) or ""], keys)))
+            or clean_authors(ld_names or meta, set()))
+
+
 def read_meta(tree, base_url: str, tz: str | None = None, dayfirst: bool = False) -> PageMeta:
     """Canonical URL, published time, title, authors, image and language from the page head. Times
     without an offset are read in ``tz`` (the feed's zone), numeric dates day first if ``dayfirst``."""
@@ -260,17 +281,8 @@ def read_meta(tree, base_url: str, tz: str | None = None, dayfirst: bool = False
                 if any(t in str(o.get("@type", "")) for t in ("Article", "Posting", "Report", "Review"))]
     published = published_time(tree, articles, meta, tz, dayfirst)
     keys = site_keys(tree, base_url, next((o.get("publisher") for o in articles if o.get("publisher")), None))
-    accounts = {_squash(n) for obj in articles for a in _listed(obj.get("author")) if _is_account(a) for n in _names(a)}
-    keys |= accounts  # a CMS account's name ("admin") is not a byline
-    # JSON-LD authors (people, agencies and the outlet's desks: "Redaktion example.de", "MDR Sachsen-Anhalt"), meta,
-    # then the visible byline; the outlet's own name (og:site_name, host) only when no one else is named.
-    a = [v.strip() for v in tree.xpath('//meta[@name="author" or @property="author" or @name="article:author" or '
-                                       '@property="article:author"]/@content') if v.strip() and "://" not in v]
-    ld_names = [n for obj in articles for n in _names(obj.get("author")) if _squash(n) not in accounts]
-    authors = ([n for n in clean_authors(ld_names, set()) if _squash(n) not in keys] or clean_authors(a, keys)
-               or (RULES["visible_byline"] and (clean_authors([extract_author(tree) or ""], keys)
-                                                or clean_authors([byline(tree) or ""], keys)))
-               or clean_authors(ld_names or a, set()))
+    keys |= cms_accounts(articles)  # a CMS account's name is no more a title part than a byline
+    authors = page_authors(tree, articles, keys)
     headline = next((o["headline"] for o in articles if isinstance(o.get("headline"), str) and o["headline"].strip()),
                     None) or meta("headline")  # JSON-LD, else a <meta name/itemprop="headline">
     h1 = _first_h1(tree)
