@@ -106,8 +106,10 @@ class DedupSettings(Strict):
 
 class LakeSettings(Strict):
     layout: Literal["date_source", "date", "month", "ingest_date"] = Field(
-        "date_source", description="articles/date=<published day>/source=..., date=<published day> alone, "
-                                   "month=<published month> alone, or ingest_date=<fetch day>/source=...")
+        "date", description="date=<published day> alone (rows sorted by source within files), "
+                            "articles/date=<published day>/source=..., month=<published month> alone, or "
+                            "ingest_date=<fetch day>/source=...; an existing lake keeps the layout recorded in "
+                            "_state/schema.json unless this is set")
     compact_target_mb: int = Field(128, ge=1, description="size of the files compaction writes")
     compact_after_files: int = Field(16, ge=0, description="after a run, compact a partition it touched once it "
                                      "holds this many files (0: never automatically)")

@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
+
+import pyarrow as pa
 
 from warta.lake import faults
 from warta.lake.compact import recover_compactions
@@ -36,6 +40,9 @@ log = logging.getLogger(__name__)
 PENDING = "_state/pending"
 BACKLOG = "_state/backlog"  # entries polled but not fetched yet: taken first by the next run
 RUNS = "_state/runs"
+SUMMARY = "summary"  # staged per-file / per-shard counts (transforms.write)
+INPUT = "input"  # what the launcher hands the pipeline (the feeds list), and the START marker
+PUBLISH_THREADS = 16
 
 
 def staged_files(store: Store, run_id: str) -> list[str]:
@@ -43,51 +50,86 @@ def staged_files(store: Store, run_id: str) -> list[str]:
     return [p[len(base):] for p in store.list(staging_dir(run_id)) if p.startswith(base)]
 
 
+def backlog_files(store: Store) -> list[str]:
+    """The committed backlog files (names under ``_state/backlog/``), oldest first; the pipeline reads them."""
+    return sorted(p.rsplit("/", 1)[1] for p in store.list(BACKLOG) if p.endswith(".json"))
+
+
+def backlog_entries(store: Store, name: str) -> list[dict[str, Any]]:
+    """One backlog file's entries, marked ``backlog``."""
+    entries = []
+    for e in json.loads(store.read_bytes(f"{BACKLOG}/{name}")):
+        published = e.get("feed_published_at")
+        entries.append({**e, "backlog": True,
+                        "feed_published_at": datetime.fromisoformat(published) if published else None})
+    return entries
+
+
 def read_backlog(store: Store) -> tuple[list[str], list[dict[str, Any]]]:
     """The committed backlog files and their entries (marked ``backlog``), oldest first."""
-    files = sorted(p.rsplit("/", 1)[1] for p in store.list(BACKLOG) if p.endswith(".json"))
-    entries = []
-    for name in files:
-        for e in json.loads(store.read_bytes(f"{BACKLOG}/{name}")):
-            published = e.get("feed_published_at")
-            entries.append({**e, "backlog": True,
-                            "feed_published_at": datetime.fromisoformat(published) if published else None})
-    return files, entries
+    files = backlog_files(store)
+    return files, [e for name in files for e in backlog_entries(store, name)]
+
+
+COUNTS = ("feeds_polled", "feeds_unchanged", "feeds_failed", "entries_new", "entries_backlog", "pages_fetched",
+          "pages_extracted", "duplicates_exact", "duplicates_near", "entities", "articles_written",
+          "errors_written", "entries_pending")
 
 
 def summarize_staged(store: Store, run_id: str) -> dict[str, Any]:
-    """Run counts (and the articles' languages) read back from the staged files: the same on every
-    runner, metrics or not."""
-    stage = staging_dir(run_id)
-    c = dict.fromkeys(("feeds_polled", "feeds_unchanged", "feeds_failed", "entries_new", "pages_fetched",
-                       "pages_extracted", "duplicates_exact", "duplicates_near", "entities", "articles_written",
-                       "errors_written", "entries_pending"), 0)
+    """Run counts (and the articles' languages) summed from the small summaries the pipeline staged next
+    to each file and shard (``summary/``): the same on every runner, metrics or not, without reading
+    the data back."""
+    c: dict[str, Any] = dict.fromkeys(COUNTS, 0)
     languages: dict[str, int] = {}  # articles per language
-    feeds = json.loads(store.read_bytes(f"{stage}/feeds.json")) if store.exists(f"{stage}/feeds.json") else []
-    c["feeds_polled"] = len(feeds)
-    c["feeds_unchanged"] = sum(f["status"] == "unchanged" for f in feeds)
-    c["feeds_failed"] = sum(f["status"] == "failed" for f in feeds)
-    c["entries_new"] = sum(f.get("entries_new", 0) for f in feeds)
-    if store.exists(f"{stage}/backlog.json"):
-        c["entries_pending"] = len(json.loads(store.read_bytes(f"{stage}/backlog.json")))
-    for rel in staged_files(store, run_id):
-        if rel.startswith("articles/") and rel.endswith(".parquet"):
-            t = store.read_table(f"{stage}/{rel}").select(["entities", "duplicate_of", "language"])
-            for lang in t.column("language").to_pylist():
-                languages[str(lang)] = languages.get(str(lang), 0) + 1
-            c["articles_written"] += t.num_rows
-            c["entities"] += sum(len(e or ()) for e in t.column("entities").to_pylist())
-            c["duplicates_near"] += t.num_rows - t.column("duplicate_of").null_count
-        elif rel.startswith("errors/") and rel.endswith(".parquet"):
-            stages = store.read_table(f"{stage}/{rel}").column("stage").to_pylist()
-            c["errors_written"] += len(stages)
-            c["pages_fetched"] += stages.count("extract") + stages.count("ner")
-    if store.exists(f"{stage}/index.parquet"):
-        kinds = store.read_table(f"{stage}/index.parquet").column("kind").to_pylist()
-        c["duplicates_exact"] = kinds.count("duplicate")
-        c["pages_extracted"] = kinds.count("article") + kinds.count("duplicate")
+    for rel in store.list(f"{staging_dir(run_id)}/{SUMMARY}", ".json"):
+        for key, value in (store.read_json(rel) or {}).items():
+            if key == "languages":
+                for lang, n in value.items():
+                    languages[lang] = languages.get(lang, 0) + n
+            else:
+                c[key] = c.get(key, 0) + value
     c["pages_fetched"] += c["pages_extracted"]
     return {**c, "languages": dict(sorted(languages.items()))}
+
+
+def _parts(store: Store, stage: str, kind: str) -> list[str]:
+    return store.list(f"{stage}/{kind}")
+
+
+def gather_state(store: Store, stage: str) -> None:
+    """Merge the per-shard state deltas (``index/``, ``failures/``, ``feeds/``, ``backlog/`` parts) into one
+    staged file each, as the state steps below read them. Deterministic, so a replay writes the same bytes."""
+    for kind, sort_key in (("index", "article_id"), ("failures", "key")):
+        parts = [p for p in _parts(store, stage, kind) if p.endswith(".parquet")]
+        if parts:
+            table = pa.concat_tables([store.read_table(p) for p in parts]).sort_by(sort_key)
+            store.write_table(f"{stage}/{kind}.parquet", table)
+    for kind, sort_key in (("feeds", "feed_url"), ("backlog", "url")):
+        parts = [p for p in _parts(store, stage, kind) if p.endswith(".json")]
+        if parts:
+            rows = sorted((r for p in parts for r in json.loads(store.read_bytes(p))), key=lambda r: r[sort_key])
+            store.write_bytes(f"{stage}/{kind}.json", json.dumps(rows, default=str).encode())
+
+
+def copy_file(store: Store, src: str, dst: str) -> None:
+    """Publish one file: server-side on object stores (one PUT-like copy, atomic for readers), through
+    the store's temp-and-rename write locally."""
+    if store.is_local:
+        store.copy(src, dst)
+    else:
+        store.fs.copy(store.path(src), store.path(dst))
+
+
+def publish_files(store: Store, stage: str, files: list[str]) -> None:
+    """Copy the staged data files into the lake, several at a time."""
+    def one(rel: str) -> None:
+        if store.exists(f"{stage}/{rel}"):
+            copy_file(store, f"{stage}/{rel}", rel)
+            faults.point("publish")
+
+    with ThreadPoolExecutor(max(1, min(PUBLISH_THREADS, len(files)))) as pool:
+        list(pool.map(one, files))  # list(): re-raise the first failure
 
 
 def commit(store: Store, run_id: str, summary: dict[str, Any], window_days: int,
@@ -96,7 +138,8 @@ def commit(store: Store, run_id: str, summary: dict[str, Any], window_days: int,
     ``backlog_taken``: the backlog files this run read (their entries were fetched or are staged again).
     ``fence`` (the run lock's :meth:`~lake.lock.RunLock.check`) runs right before the commit point and raises
     :class:`LockLost` when this run no longer holds the output (its staging is then removed)."""
-    files = [f for f in staged_files(store, run_id) if f != "COMMIT"]
+    files = [f for f in staged_files(store, run_id)
+             if f != "COMMIT" and posixpath.dirname(f).split("/", 1)[0] not in (SUMMARY, INPUT)]
     manifest = {"run_id": run_id, "files": sorted(files), "summary": summary, "backlog_taken": list(backlog_taken),
                 "committed_at": datetime.now(timezone.utc).isoformat()}
     faults.point("staged")
@@ -114,11 +157,9 @@ def commit(store: Store, run_id: str, summary: dict[str, Any], window_days: int,
 def publish(store: Store, run_id: str, manifest: dict[str, Any], window_days: int) -> None:
     """Steps 2–4 of the protocol; safe to repeat any number of times."""
     stage = staging_dir(run_id)
-    for rel in manifest["files"]:
-        if rel.startswith(("articles/", "errors/")) and store.exists(f"{stage}/{rel}"):
-            store.copy(f"{stage}/{rel}", rel)
-            faults.point("publish")
+    publish_files(store, stage, [rel for rel in manifest["files"] if rel.startswith(("articles/", "errors/"))])
     faults.point("state")
+    gather_state(store, stage)
     if store.exists(f"{stage}/index.parquet"):
         store.copy(f"{stage}/index.parquet", f"{INDEX_DIR}/part-{run_id}.parquet")
     stored = store.read_table(f"{stage}/index.parquet").column("url_key").to_pylist() \

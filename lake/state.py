@@ -266,6 +266,43 @@ def compact_index(store: Store, run_id: str, window_days: int, keep_parts: int =
         if p not in (f"{INDEX_DIR}/keys-{run_id}.parquet", f"{INDEX_DIR}/compact-{run_id}.parquet"):
             store.remove(p)
 
+def lake_layout(store: Store, lake) -> str:
+    """The partition layout to write: ``lake.layout`` when the settings name it; else the one recorded in
+    ``_state/schema.json`` (an existing lake keeps its layout when the default changes); a lake with
+    articles but no record was written with the old default, ``date_source``; a new lake the default."""
+    if "layout" in lake.model_fields_set:
+        return lake.layout
+    recorded = (store.read_json(SCHEMA_FILE) or {}).get("layout")
+    return recorded or layout_on_disk(store) or lake.layout
+
+
+def layout_on_disk(store: Store) -> str | None:
+    """The layout of the articles already in the lake, read from its first partition folder (a lake
+    written before the layout was recorded); None for a lake without articles."""
+    def first_dir(rel: str) -> str | None:
+        try:
+            names = sorted(posixpath.basename(p.rstrip("/")) for p in store.fs.ls(store.path(rel), detail=False))
+        except FileNotFoundError:
+            return None
+        return next((n for n in names if "=" in n and not n.startswith(".")), None)
+
+    top = first_dir("articles")
+    if top is None:
+        return None
+    name = top.split("=", 1)[0]
+    if name != "date":
+        return name  # month, ingest_date
+    return "date_source" if (first_dir(f"articles/{top}") or "").startswith("source=") else "date"
+
+
+def with_lake_layout(settings, store: Store):
+    """``settings`` with ``lake.layout`` set to :func:`lake_layout` (marked as set, so it stays)."""
+    layout = lake_layout(store, settings.lake)
+    lake = settings.lake.model_copy(update={"layout": layout})
+    lake.model_fields_set.add("layout")
+    return settings.model_copy(update={"lake": lake})
+
+
 def record_schema(store: Store, datasets: dict[str, pa.Schema], layout: str) -> dict:
     """Record the columns this version writes in ``_state/schema.json``; a column not seen before
     bumps the version (columns are only ever added, so old files stay readable with the new ones)."""

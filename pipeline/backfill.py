@@ -31,6 +31,7 @@ from warta.config.settings import DEFAULT_FEEDS, ConfigError, Settings, load_fee
 from warta.lake.commit import LockedError, RunLock, commit, new_run_id, recover, summarize_staged
 from warta.lake.failures import load_failures
 from warta.lake.schema import staging_dir
+from warta.lake.state import with_lake_layout
 from warta.lake.state import key64, load_index
 from warta.lake.store import Store
 from warta.net.http import HttpClient
@@ -106,7 +107,7 @@ def _setup(ns: argparse.Namespace, feeds_path: Path | None) -> tuple[Settings, l
         store.check_writable()
     except Exception as e:
         raise ConfigError(f"output {ns.output} is not writable: {type(e).__name__}: {e}") from None
-    return settings, feeds, store
+    return with_lake_layout(settings, store), feeds, store
 
 
 def run_pipeline(store: Store, settings: Settings, feeds: list, options, ns: argparse.Namespace,

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import partial
 
 import apache_beam as beam
 
 from warta.config.settings import Feed, Settings
+from warta.lake.commit import INPUT, backlog_entries
 from warta.lake.failures import Failures, load_failures
 from warta.lake.faults import kill_point
-from warta.lake.state import IndexSnapshot, load_index
+from warta.lake.schema import staging_dir
+from warta.lake.state import FEEDS_FILE, IndexSnapshot, load_index
 from warta.lake.store import Store
 from warta.pipeline.progress import count
 from warta.transforms.dedup import Deduplicate
@@ -20,7 +23,7 @@ from warta.transforms.feeds import PollFeeds
 from warta.transforms.fetch import FetchPages
 from warta.transforms.ner import PreloadModels, TagEntities, known_languages, model_paths
 from warta.transforms.records import RecordFailures
-from warta.transforms.write import WriteDataset, WriteState
+from warta.transforms.write import WriteDataset, WriteState, write_summary
 
 _SNAPSHOT: dict[tuple, IndexSnapshot] = {}
 _SNAPSHOT_LOCK = threading.Lock()
@@ -53,6 +56,79 @@ def load_seen(store: Store, window_days: int, run_id: str) -> set[int]:
     return load_snapshot(store, window_days, run_id).url_keys
 
 
+_VALIDATORS: dict[tuple, dict] = {}
+
+
+def load_validators(store: Store, run_id: str) -> dict[str, dict]:
+    """Each feed's validators (``_state/feeds.json``), read once per worker process and run."""
+    key = (store.url, run_id)
+    with _SNAPSHOT_LOCK:
+        if key not in _VALIDATORS:
+            _VALIDATORS.clear()
+            _VALIDATORS[key] = store.read_json(FEEDS_FILE, default={}) or {}
+        return _VALIDATORS[key]
+
+
+def start_marker(run_id: str) -> str:
+    return f"{staging_dir(run_id)}/{INPUT}/START"
+
+
+def mark_start(store: Store, run_id: str) -> float:
+    """The job's start: written once, by the first step that runs (later calls read it back)."""
+    rel = start_marker(run_id)
+    marker = store.read_json(rel)
+    if marker is None:
+        store.write_json(rel, {"at": time.time()})
+        marker = store.read_json(rel)
+    return float(marker["at"])
+
+
+_DEADLINES: dict[tuple, float] = {}
+
+
+def run_deadline(store: Store, run_id: str, budget: float) -> float:
+    """The run's deadline on a worker: the job's start (its ``START`` marker in the staging folder, so
+    every worker counts from the same moment, however long the job waited to be scheduled) plus the
+    budget. Read once per worker process and run."""
+    key = (store.url, run_id, budget)
+    with _SNAPSHOT_LOCK:
+        if key not in _DEADLINES:
+            _DEADLINES.clear()
+            _DEADLINES[key] = mark_start(store, run_id) + budget
+        return _DEADLINES[key]
+
+
+def feeds_file(run_id: str) -> str:
+    """Where the launcher stages the feeds list (one JSON object a line) for the pipeline to read."""
+    return f"{staging_dir(run_id)}/{INPUT}/feeds.jsonl"
+
+
+def write_feeds(store: Store, run_id: str, feeds: list[Feed]) -> str:
+    rel = feeds_file(run_id)
+    store.write_bytes(rel, "".join(f.model_dump_json() + "\n" for f in feeds).encode("utf-8"))
+    return rel
+
+
+def read_backlog_file(name: str, store: Store, run_id: str) -> list[dict]:
+    """One backlog file's entries (read on a worker), counted into the run's summary."""
+    entries = backlog_entries(store, name)
+    write_summary(store, run_id, f"backlog_taken/{name.removesuffix('.json')}", {"entries_backlog": len(entries)})
+    return entries
+
+
+class _ReadFeedsFn(beam.DoFn):
+    """A staged feeds list in, its feeds out; the first step of the job, so it marks the job's start."""
+
+    def __init__(self, store: Store, run_id: str):
+        self.store, self.run_id = store, run_id
+
+    def process(self, rel: str):
+        mark_start(self.store, self.run_id)
+        for line in self.store.read_bytes(rel).decode("utf-8").splitlines():
+            if line.strip():
+                yield Feed.model_validate_json(line)
+
+
 @dataclass
 class Plan:
     """Everything one bounded run needs, decided by the driver before the pipeline starts."""
@@ -61,13 +137,21 @@ class Plan:
     settings: Settings
     store: Store
     run_id: str
-    validators: dict[str, dict]
-    workers: int = 1  # host groups fetched in parallel (one per worker process)
+    validators: dict[str, dict] | None  # None: the workers read _state/feeds.json
+    workers: int = 1  # host shards and fetch groups (one per worker process)
     ner_batching: str = "bundle"  # "shuffle" on runners that drop finish_bundle output (Dask)
     join_sinks: bool = False  # end in one step fed by every sink (runners that only run the last step's graph)
-    backlog: list[dict] = field(default_factory=list)  # entries an earlier run did not fetch: taken first
-    deadline: float | None = None  # epoch seconds: no page fetch starts after it
+    backlog: list[str] = field(default_factory=list)  # _state/backlog/ files of earlier runs: taken first
+    budget: float | None = None  # seconds from the job's start (on the workers): no page fetch starts after
     progress_dir: str | None = None  # local directory the workers count progress into (pipeline.progress)
+    feeds_file: str | None = None  # the feeds list staged by the launcher (else ``feeds`` go into the graph)
+
+    @property
+    def deadline(self):
+        """The budget's end as the workers see it (a callable, evaluated there), or None."""
+        if self.budget is None:
+            return None
+        return partial(run_deadline, self.store, self.run_id, self.budget)
 
     @property
     def preload(self) -> tuple[str, ...]:
@@ -83,15 +167,21 @@ class Plan:
 def build(p: beam.Pipeline, plan: Plan) -> tuple:
     """The poll: feeds (and the backlog of earlier runs) -> new entries -> :func:`process_entries`."""
     s = plan.settings
-    polled = (
-        p
-        | "ListFeeds" >> beam.Create(plan.feeds)
-        | "PreloadModels" >> PreloadModels(s.ner, plan.ner_paths(), plan.preload)
-        | "PollFeeds" >> PollFeeds(s.http, plan.validators, s.max_items_per_feed,
-                                  partial(load_seen, plan.store, s.dedup.window_days, plan.run_id),
-                                  partial(load_failures_once, plan.store, plan.run_id))
-    )
-    entries = (polled.entries, p | "ListBacklog" >> beam.Create(plan.backlog)) | "WithBacklog" >> beam.Flatten()
+    if plan.feeds_file:  # read on a worker: the graph stays the same size however many feeds there are
+        feeds = (p | "ListFeeds" >> beam.Create([plan.feeds_file])
+                 | "ReadFeeds" >> beam.ParDo(_ReadFeedsFn(plan.store, plan.run_id)))
+    else:
+        feeds = p | "ListFeeds" >> beam.Create(plan.feeds)
+    validators = plan.validators if plan.validators is not None else partial(load_validators, plan.store,
+                                                                             plan.run_id)
+    polled = feeds | "PollFeeds" >> PollFeeds(
+        s.http, validators, s.max_items_per_feed, partial(load_seen, plan.store, s.dedup.window_days, plan.run_id),
+        partial(load_failures_once, plan.store, plan.run_id), shards=plan.workers,
+        on_shards=PreloadModels(s.ner, plan.ner_paths(), plan.preload))  # every polling worker starts loading
+    store = plan.store
+    backlog = (p | "ListBacklog" >> beam.Create(plan.backlog)
+               | "ReadBacklog" >> beam.FlatMap(read_backlog_file, store, plan.run_id))
+    entries = (polled.entries, backlog) | "WithBacklog" >> beam.Flatten()
     return process_entries(entries, plan, errors=[polled.errors], feed_state=polled.feed_state)
 
 
@@ -104,7 +194,7 @@ def process_entries(entries, plan: Plan, errors=(), feed_state=None) -> tuple:
                | "KillPointFetch" >> beam.Map(kill_point, "fetch"))  # crash tests (lake/faults.py)
     fetch_errors = pages.errors | "CountFetchErrors" >> beam.Map(count, plan.progress_dir, "fetched")
     backlog = (pages.backlog | "CountDeferred" >> beam.Map(count, plan.progress_dir, "deferred")
-               | "WriteBacklog" >> WriteState(plan.store, plan.run_id, "backlog"))
+               | "WriteBacklog" >> WriteState(plan.store, plan.run_id, "backlog", plan.workers))
     return process_pages(fetched, plan, errors=[*errors, fetch_errors], feed_state=feed_state, written=[backlog])
 
 
@@ -128,12 +218,13 @@ def process_pages(pages, plan: Plan, errors=(), feed_state=None, written=()) -> 
                                                                             s.lake.layout)]
     errors = (*errors, extracted.errors, tagged.errors) | "AllErrors" >> beam.Flatten()
     written.append(errors | "WriteErrors" >> WriteDataset(plan.store, plan.run_id, "errors"))
-    written.append(deduped.index | "WriteIndex" >> WriteState(plan.store, plan.run_id, "index"))
+    shards = plan.workers
+    written.append(deduped.index | "WriteIndex" >> WriteState(plan.store, plan.run_id, "index", shards))
     written.append(errors | "RecordFailures" >> RecordFailures(partial(load_failures_once, plan.store, plan.run_id))
-                   | "WriteFailures" >> WriteState(plan.store, plan.run_id, "failures"))
+                   | "WriteFailures" >> WriteState(plan.store, plan.run_id, "failures", shards))
     if feed_state is not None:
         written.append(feed_state | "CountFeeds" >> beam.Map(count, plan.progress_dir, "feeds")
-                       | "WriteFeedState" >> WriteState(plan.store, plan.run_id, "feeds"))
+                       | "WriteFeedState" >> WriteState(plan.store, plan.run_id, "feeds", shards))
     if plan.join_sinks:
         # One last step that depends on every sink: runners that execute only the final transform's
         # graph (Beam's DaskRunner does) still run all branches.

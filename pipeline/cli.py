@@ -18,11 +18,12 @@ logging.getLogger().setLevel(logging.ERROR)  # Beam's import-time warnings (apit
 
 
 from warta.config.settings import ConfigError, Settings, load_feeds, load_settings  # noqa: E402
-from warta.lake.commit import LockedError, RunLock, commit, new_run_id, read_backlog, recover, summarize_staged  # noqa: E402
+from warta.lake.commit import LockedError, RunLock, backlog_files, commit, new_run_id, recover, summarize_staged  # noqa: E402
 from warta.lake.compact import compact_after_run  # noqa: E402
-from warta.lake.state import FEEDS_FILE  # noqa: E402
+from warta.lake.schema import staging_dir  # noqa: E402
+from warta.lake.state import with_lake_layout  # noqa: E402
 from warta.lake.store import Store  # noqa: E402
-from warta.pipeline.build import Plan, build  # noqa: E402
+from warta.pipeline.build import Plan, build, write_feeds  # noqa: E402
 from warta.pipeline.exits import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK  # noqa: E402
 from warta.pipeline.options import UsageError, split_args, usable_cpus  # noqa: E402
 from warta.pipeline.progress import ProgressLine, setup_logging  # noqa: E402
@@ -32,6 +33,7 @@ from warta.transforms.ner import check_ner  # noqa: E402
 log = logging.getLogger("warta")
 DEFAULT_RUN_TIME = 15 * 60.0  # seconds: the budget of a one-shot run
 MIN_EVERY_RUN_TIME = 60.0  # with --every the budget is the interval, but at least this (start-up must fit)
+COMMIT_ALLOWANCE = 30 * 60.0  # seconds: the lock outlives the budget by this much (NER tail, commit, compaction)
 
 
 def summary_line(c: dict[str, Any], seconds: float) -> str:
@@ -47,29 +49,61 @@ def summary_line(c: dict[str, Any], seconds: float) -> str:
     return line
 
 
+class cancel_on_signals:
+    """While a one-shot run's job runs: SIGTERM is raised as KeyboardInterrupt, like SIGINT, so the job is
+    cancelled (:func:`~warta.pipeline.runner.execute`) and nothing is committed. Only where no one else
+    handles the signals (``--every`` finishes the poll in flight instead) and in the main thread."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGTERM, self.interrupt)
+        return self
+
+    @staticmethod
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
 def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runner: str | None = None,
              dask_address: str | None = None, workers: int | None = None,
              max_run_time: float = DEFAULT_RUN_TIME, verbose: bool = False) -> dict[str, Any]:
     """Poll, process, commit. Raises LockedError when another run holds the output.
 
-    Past ``max_run_time`` seconds no new page fetch starts; entries not fetched wait in the backlog."""
+    The launcher stays small: the feeds list is staged as a file the pipeline reads, validators and the
+    backlog are read by the workers, counts come from the staged summaries. Past ``max_run_time``
+    seconds from the job's start on the workers, no new page fetch starts; entries not fetched wait in
+    the backlog. SIGINT/SIGTERM cancel the job; nothing is committed."""
     t0 = time.monotonic()
-    deadline = time.time() + max_run_time
     store = Store(output, settings.storage_options)
     run_id = new_run_id()
-    with RunLock(store, run_id, ttl=settings.lock_ttl) as lock:
+    # the heartbeat refreshes the lock, but a lock whose heartbeats fail must still outlive the job
+    ttl = max(settings.lock_ttl, max_run_time + COMMIT_ALLOWANCE)
+    with RunLock(store, run_id, ttl=ttl) as lock, cancel_on_signals():
         recover(store, settings.dedup.window_days)
-        taken, backlog = read_backlog(store)
+        settings = with_lake_layout(settings, store)  # an existing lake keeps its recorded layout
+        taken = backlog_files(store)
         options = beam_options(beam_args, runner, dask_address, workers, quiet=not verbose)
         settings = sized_to_machine(settings, options, runner)
         groups, ner_batching, join_sinks = parallel_layout(options, runner, settings)
-        with ProgressLine(len(feeds), deadline) as progress:
-            plan = Plan(feeds=feeds, settings=settings, store=store, run_id=run_id,
-                        validators=store.read_json(FEEDS_FILE, default={}) or {},
-                        workers=groups, ner_batching=ner_batching, join_sinks=join_sinks,
-                        backlog=backlog, deadline=deadline, progress_dir=progress.directory)
-            execute(build, plan, options, runner, verbose)
-        stats = {"run_id": run_id, **summarize_staged(store, run_id), "entries_backlog": len(backlog)}
+        try:
+            staged_feeds = write_feeds(store, run_id, feeds)
+            with ProgressLine(len(feeds), time.time() + max_run_time) as progress:
+                plan = Plan(feeds=feeds, settings=settings, store=store, run_id=run_id, validators=None,
+                            workers=groups, ner_batching=ner_batching, join_sinks=join_sinks, backlog=taken,
+                            budget=max_run_time, progress_dir=progress.directory, feeds_file=staged_feeds)
+                execute(build, plan, options, runner, verbose)
+        except KeyboardInterrupt:
+            log.warning("run %s cancelled: nothing was committed", run_id)
+            store.remove(staging_dir(run_id), recursive=True)
+            raise
+        stats = {"run_id": run_id, **summarize_staged(store, run_id)}
         paths = plan.ner_paths()
         stats["no_model"] = {lang: n for lang, n in stats.pop("languages").items()
                              if lang != "None" and not paths.get(lang)} if settings.ner.enabled else {}

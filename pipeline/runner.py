@@ -77,9 +77,24 @@ def execute(build_fn, plan: Plan, options: PipelineOptions, runner: str | None, 
     p = beam.Pipeline(runner=DirectFnRunner(quiet=not verbose) if direct else None, options=options)
     build_fn(p, plan)
     result = p.run()
-    result.wait_until_finish()
+    try:
+        result.wait_until_finish()
+    except KeyboardInterrupt:  # SIGINT/SIGTERM on the launcher: the job must not go on without it
+        cancel(result)
+        raise
     if hasattr(result, "client"):  # DaskRunner opens its own client: close it before the cluster goes
         result.client.close()
+
+
+def cancel(result) -> None:
+    """Cancel a running job where the runner can (Dask, Dataflow, portable runners); the in-process
+    DirectRunner stops with the launcher anyway."""
+    try:
+        result.cancel()
+    except (NotImplementedError, AttributeError):
+        pass
+    except Exception:  # the launcher is going away: report, do not mask the interrupt
+        log.warning("could not cancel the job", exc_info=True)
 
 
 class local_dask_cluster:

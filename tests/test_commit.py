@@ -15,6 +15,7 @@ from conftest import ROOT
 
 from warta.lake.commit import BACKLOG, LockedError, RunLock, commit, read_backlog, recover, summarize_staged
 from warta.lake.schema import staging_dir
+from warta.transforms.write import write_state
 from warta.lake.store import Store
 
 pytestmark = pytest.mark.slow
@@ -93,16 +94,16 @@ def test_backlog_is_replaced_through_the_commit_and_survives_an_uncommitted_run(
     assert taken == ["r0.json"] and [e["url"] for e in entries] == ["http://a/1", "http://a/2"]
     assert entries[0]["feed_published_at"] == when and all(e["backlog"] for e in entries)
     # a run that dies before its commit point leaves the backlog as it was
-    store.write_json(f"{staging_dir('r1')}/backlog.json", [{"url": "http://a/2"}])
+    write_state("backlog", [{"url": "http://a/2"}], store, "r1")
     recover(store, 7)
     assert read_backlog(store)[0] == ["r0.json"]
-    # a committed run replaces the files it took with what it left
-    store.write_json(f"{staging_dir('r2')}/backlog.json", [{"url": "http://a/2"}])
+    # a committed run replaces the files it took with what it left (staged in shards)
+    write_state("backlog", [{"url": "http://a/2"}], store, "r2", 1)
     assert summarize_staged(store, "r2")["entries_pending"] == 1
     commit(store, "r2", {}, 7, backlog_taken=taken)
     assert read_backlog(store)[0] == ["r2.json"]
     # and one that fetched everything leaves no backlog
-    store.write_json(f"{staging_dir('r3')}/backlog.json", [])
+    write_state("backlog", [], store, "r3")
     commit(store, "r3", {}, 7, backlog_taken=["r2.json"])
     assert read_backlog(store) == ([], [])
 

@@ -1,7 +1,8 @@
 """Stage 1 — poll feeds: conditional GET through our HTTP client, parse with feedparser, keep new entries.
 
-Feeds are polled concurrently, one thread per host (at most ``fetch_threads``), a host's feeds one
-after another: one request at a time per host.
+Feeds are sharded by a stable hash of their host (``shards``, one per worker); each shard's feeds
+are polled concurrently, one thread per host (at most ``fetch_threads``), a host's feeds one after
+another: one request at a time per host, since a host lives in one shard.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from warta.lake.state import key64
 from warta.net.http import FetchError, HttpClient
 from warta.net.urls import host_of, normalize_url, url_problem
 from warta.transforms.dates import When, day_first, default_timezone, parse_when
+from warta.transforms.fetch import shard_of
 from warta.transforms.outputs import split
 from warta.transforms.records import error_row, utcnow
 
@@ -215,8 +217,10 @@ def _poll_into(result: PollResult, feed: Feed, client: HttpClient, validators: d
 
 
 class _PollFeedsFn(beam.DoFn):
-    def __init__(self, http: HttpSettings, validators: dict[str, dict], max_items: int, seen_loader, failures_loader):
-        self.http, self.validators, self.max_items = http, validators, max_items
+    """Polls one shard's feeds: ``(shard, feeds)`` in."""
+
+    def __init__(self, http: HttpSettings, validators, max_items: int, seen_loader, failures_loader):
+        self.http, self.validators_of, self.max_items = http, validators, max_items
         self.seen_loader, self.failures_loader = seen_loader, failures_loader
         self.polled = beam.metrics.Metrics.counter("warta", "feeds_polled")
         self.unchanged = beam.metrics.Metrics.counter("warta", "feeds_unchanged")
@@ -227,6 +231,7 @@ class _PollFeedsFn(beam.DoFn):
         self.client = HttpClient(self.http)
         self.seen = self.seen_loader()
         self.failures = self.failures_loader()
+        self.validators = self.validators_of() if callable(self.validators_of) else self.validators_of
 
     def teardown(self):
         self.client.close()
@@ -235,7 +240,8 @@ class _PollFeedsFn(beam.DoFn):
         return [poll_feed(f, self.client, self.validators.get(f.url), self.seen, self.max_items,
                           self.failures) for f in feeds]
 
-    def process(self, feeds: list[Feed]):
+    def process(self, shard: tuple[int, Iterable[Feed]]):
+        _, feeds = shard
         by_host: dict[str, list[Feed]] = {}
         for feed in feeds:
             by_host.setdefault(host_of(feed.url), []).append(feed)
@@ -255,19 +261,26 @@ class _PollFeedsFn(beam.DoFn):
 
 @dataclass(eq=False)
 class PollFeeds(beam.PTransform):
-    """Feeds in, new entries out (main), plus ``errors`` and ``feed_state`` tagged outputs."""
+    """Feeds in, new entries out (main), plus ``errors`` and ``feed_state`` tagged outputs. Feeds are
+    grouped into ``shards`` by host, each shard polled by one DoFn call (on one worker)."""
 
     http: HttpSettings
-    validators: dict[str, dict]
+    validators: Any  # {feed_url: {etag, last_modified}}, or a zero-arg callable returning it (called in setup)
     max_items: int
     seen_loader: Any  # zero-arg callable returning the set of known URL keys; called in DoFn.setup
     failures_loader: Any = Failures  # zero-arg callable returning the failure records (lake.failures)
+    shards: int = 1
+    on_shards: beam.PTransform | None = None  # applied to the shards before polling (PreloadModels)
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, feeds):
-        tagged = feeds | "AllFeeds" >> beam.combiners.ToList() | "Poll" >> beam.ParDo(
-            _PollFeedsFn(self.http, self.validators, self.max_items, self.seen_loader,
-                         self.failures_loader))
+        shards = max(1, self.shards)
+        grouped = (feeds | "KeyByShard" >> beam.Map(lambda f: (shard_of(host_of(f.url), shards), f))
+                   | "GatherShards" >> beam.GroupByKey())
+        if self.on_shards is not None:
+            grouped = grouped | "OnShards" >> self.on_shards
+        tagged = grouped | "Poll" >> beam.ParDo(
+            _PollFeedsFn(self.http, self.validators, self.max_items, self.seen_loader, self.failures_loader))
         return split(tagged, ["entries", ERRORS, FEED_STATE])

@@ -2,9 +2,12 @@
 
 Entries are grouped by host, so one host's pages are fetched one at a time (spaced by its delay),
 while the hosts of a group are fetched in parallel threads: parallel across hosts, polite per host.
-Hosts are packed into ``groups`` groups of about the same number of pages (one per worker), and each
-page is passed downstream as soon as it arrives, so the stages fused after this one (extraction,
-NER) work while the remaining pages are still being fetched.
+Entries are sharded by a stable hash of their host into ``groups`` shards, so no step sees every
+entry of the run; each shard packs its hosts into ``groups`` bins of about the same number of pages,
+and bin ``j`` of shard ``s`` joins fetch group ``(j + s) % groups`` (one group per worker). A host
+lives in one shard, one bin, one group: it is only ever fetched from one worker. Each page is passed
+downstream as soon as it arrives, so the stages fused after this one (extraction, NER) work while
+the remaining pages are still being fetched.
 
 A run has a budget (``deadline``): a host takes only the pages that fit in what is left of it at its
 pace, and past the deadline no new fetch starts; the entries not fetched come out as ``backlog``
@@ -16,7 +19,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +95,20 @@ def fetch_order(entry: dict[str, Any]) -> tuple[bool, str]:
     return not entry.get("backlog"), entry["url"]
 
 
+def shard_of(host: str, shards: int) -> int:
+    """The shard of a host: a stable hash (the same on every worker and run), so a host is never split."""
+    return zlib.crc32(host.encode("utf-8", "surrogatepass")) % max(1, shards)
+
+
+Deadline = float | Callable[[], float | None] | None  # epoch seconds, or a callable read on the worker
+
+
+def resolve_deadline(deadline: Deadline) -> float | None:
+    """The budget's end: a number, or a zero-arg callable evaluated on the worker (the deadline starts
+    when the job does, see :func:`pipeline.build.run_deadline`)."""
+    return deadline() if callable(deadline) else deadline
+
+
 def pages_within(deadline: float | None, delay: float) -> float:
     """How many pages of one host can start before ``deadline`` (epoch seconds) at one per ``delay``."""
     if deadline is None:
@@ -118,15 +136,30 @@ def plan_groups(entries: Iterable[dict[str, Any]], groups: int,
     return [b for b in bins if b]
 
 
+def plan_shard(shard: int, entries: Iterable[dict[str, Any]], groups: int, deadline: Deadline, delay: float
+               ) -> list[tuple[int, list[tuple[str, list[dict[str, Any]]]]]]:
+    """One shard's hosts packed into ``groups`` bins, as ``(fetch group, bin)``: bin ``j`` joins group
+    ``(j + shard) % groups``, so the heaviest bins of different shards land on different workers."""
+    fits = pages_within(resolve_deadline(deadline), delay)
+    return [((j + shard) % groups, b) for j, b in enumerate(plan_groups(entries, groups, fits))]
+
+
+def group_hosts(bins: Iterable[list[tuple[str, list[dict[str, Any]]]]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The bins one fetch group received (from every shard), as one list of hosts, largest first (when
+    there are more hosts than threads, the longest start first)."""
+    return sorted((host for bin_ in bins for host in bin_), key=lambda h: (-len(h[1]), h[0]))
+
+
 class _FetchHostsFn(beam.DoFn):
-    def __init__(self, http: HttpSettings, deadline: float | None):
-        self.http, self.deadline = http, deadline
+    def __init__(self, http: HttpSettings, deadline: Deadline):
+        self.http, self.deadline_of = http, deadline
         self.fetched = beam.metrics.Metrics.counter("warta", "pages_fetched")
         self.failed = beam.metrics.Metrics.counter("warta", "pages_failed")
         self.deferred = beam.metrics.Metrics.counter("warta", "pages_deferred")
 
     def setup(self):
         self.client = HttpClient(self.http)
+        self.deadline = resolve_deadline(self.deadline_of)
 
     def teardown(self):
         self.client.close()
@@ -194,8 +227,8 @@ class FetchPages(beam.PTransform):
     within the budget. Each page is fetched once."""
 
     http: HttpSettings
-    groups: int = 1  # host groups, fetched in parallel by as many workers (one group per worker is best)
-    deadline: float | None = None  # epoch seconds after which no fetch starts (None: no budget)
+    groups: int = 1  # host shards and fetch groups, fetched in parallel by as many workers (one group per worker)
+    deadline: Deadline = None  # epoch seconds after which no fetch starts (None: no budget), or a callable
 
     def __post_init__(self):
         super().__init__()
@@ -204,12 +237,11 @@ class FetchPages(beam.PTransform):
         groups, deadline, delay = max(1, self.groups), self.deadline, self.http.host_delay
         tagged = (
             entries
-            | "ToOneKey" >> beam.Map(lambda e: (None, e))
-            | "GatherEntries" >> beam.GroupByKey()
-            | "PlanGroups" >> beam.FlatMap(
-                lambda kv: enumerate(plan_groups(kv[1], groups, pages_within(deadline, delay))))
+            | "KeyByShard" >> beam.Map(lambda e: (shard_of(host_of(e["url"]), groups), e))
+            | "GatherShards" >> beam.GroupByKey()
+            | "PlanShards" >> beam.FlatMap(lambda kv: plan_shard(kv[0], kv[1], groups, deadline, delay))
             | "SpreadGroups" >> beam.GroupByKey()  # runners spread the keys over their workers
-            | "Groups" >> beam.FlatMap(lambda kv: kv[1])
+            | "Groups" >> beam.Map(lambda kv: group_hosts(kv[1]))
             | "Fetch" >> beam.ParDo(_FetchHostsFn(self.http, self.deadline))
         )
         return split(tagged, ["pages", ERRORS, BACKLOG])
