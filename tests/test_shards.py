@@ -220,3 +220,44 @@ def test_compaction_of_a_date_partition_sorts_rows_by_source(tmp_path):
     files = store.list("articles")
     assert len(files) == 1 and "compact-" in files[0]
     assert store.read_table(files[0]).column("source").to_pylist() == sorted(["z", "a", "m", "b"] * 3)
+
+
+def test_sigterm_on_the_launcher_cancels_the_job_and_commits_nothing(tmp_path, fast_config):
+    """A run is stopped mid-fetch: the launcher exits non-zero, its worker processes go, nothing is
+    published, no staging or lock is left, and the next run starts clean."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+    from conftest import ROOT
+    from test_pipeline_e2e import outlet
+
+    from warta.pipeline.loopback import LoopbackServer
+
+    with LoopbackServer("127.0.0.1") as slow:
+        feeds = tmp_path / "feeds.yaml"
+        feeds.write_text(f"feeds:\n  - name: lambat\n    url: {outlet(slow, 'lambat', 40)}\n")
+        config = tmp_path / "slow.yaml"
+        config.write_text(fast_config.read_text().replace("host_delay: 0", "host_delay: 0.5"))
+        out = tmp_path / "lake"
+        env = {**os.environ, "STANZA_RESOURCES_DIR": str(ROOT / "tests" / "no-stanza-models")}
+        proc = subprocess.Popen([sys.executable, str(ROOT / "run_local.py"), "--feeds", str(feeds), "--output",
+                                 str(out), "--config", str(config), "--no-ner", "--workers", "2"],
+                                cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None and sum(
+                p.startswith("/lambat/") and p.endswith(".html") for p in slow.paths_requested()) < 2:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        assert "cancelled: nothing was committed" in stderr, stderr[-3000:]
+        gone, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, alive
+        assert not (out / "articles").exists() and not (out / "errors").exists()
+        assert not list((out / "_state").glob("pending/*")) and not (out / "_state" / "LOCK").exists()
+        assert not (out / "_state" / "runs").exists() or not list((out / "_state" / "runs").iterdir())
