@@ -31,8 +31,7 @@ from warta.config.settings import DEFAULT_FEEDS, ConfigError, Settings, load_fee
 from warta.lake.commit import LockedError, RunLock, commit, new_run_id, recover, summarize_staged
 from warta.lake.failures import load_failures
 from warta.lake.schema import staging_dir
-from warta.lake.state import with_lake_layout
-from warta.lake.state import key64, load_index
+from warta.lake.state import key64, load_index, with_lake_layout
 from warta.lake.store import Store
 from warta.net.http import HttpClient
 from warta.net.urls import host_of, normalize_url

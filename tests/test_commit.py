@@ -15,8 +15,8 @@ from conftest import ROOT
 
 from warta.lake.commit import BACKLOG, LockedError, RunLock, commit, read_backlog, recover, summarize_staged
 from warta.lake.schema import staging_dir
-from warta.transforms.write import write_state
 from warta.lake.store import Store
+from warta.transforms.write import write_state
 
 pytestmark = pytest.mark.slow
 COMPARE = ["article_id", "url", "canonical_url", "source", "title", "published_at", "language", "text",

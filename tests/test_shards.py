@@ -261,3 +261,29 @@ def test_sigterm_on_the_launcher_cancels_the_job_and_commits_nothing(tmp_path, f
         assert not (out / "articles").exists() and not (out / "errors").exists()
         assert not list((out / "_state").glob("pending/*")) and not (out / "_state" / "LOCK").exists()
         assert not (out / "_state" / "runs").exists() or not list((out / "_state" / "runs").iterdir())
+
+
+def test_lock_ttl_covers_the_budget_and_the_commit(tmp_path, monkeypatch):
+    """Even with every heartbeat failing, the lock is not taken over while the job may still run."""
+    import pytest
+
+    from warta.lake.lock import LockedError
+    from warta.pipeline import cli
+
+    seen = {}
+
+    class Refused:
+        def __init__(self, store, run_id, ttl):
+            seen["ttl"] = ttl
+
+        def __enter__(self):
+            raise LockedError("test")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(cli, "RunLock", Refused)
+    for budget in (60.0, 4 * 3600.0):
+        with pytest.raises(LockedError):
+            cli.run_once([], Settings(), str(tmp_path / "lake"), [], max_run_time=budget)
+        assert seen["ttl"] >= budget + cli.COMMIT_ALLOWANCE and seen["ttl"] >= Settings().lock_ttl
