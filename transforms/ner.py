@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,16 +181,41 @@ def build_pipeline(lang: str, paths: dict[str, str], threads: int | None = None)
     )
 
 
+def run_precision(precision: str, device: str) -> str:
+    """The precision a model runs in: ``ner.precision`` on CPU; on CUDA always fp32."""
+    return "int8" if precision == "int8" and device == "cpu" else "fp32"
+
+
+def quantize_int8(model):
+    """``model`` with its LSTM and Linear layers swapped, in place, for dynamic int8 ones (int8 weights,
+    activations quantized per batch on the fly); embeddings and the CRF stay fp32. CPU only.
+
+    This is torch's eager ``quantize_dynamic`` (torch is pinned, ``tests/test_ner_int8.py`` checks the
+    swap and the entities). torchao's ``quantize_``, which torch's deprecation notice points to, only
+    quantizes modules holding a ``weight`` (Linear) and refuses ``nn.LSTM`` (torchao 0.18), where the
+    tagging time is spent; the notice and the one about qint8 tensors are silenced, nothing else."""
+    import torch
+    from torch import nn
+    from torch.ao.quantization import quantize_dynamic
+
+    warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message="torch.quantize_per_tensor, torch.quantize_per_channel",
+                            category=UserWarning)
+    return quantize_dynamic(model, {nn.LSTM, nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
 class NerModel:
     """A Stanza NER model loaded for tagging only, from local files.
 
     It is Stanza's own ``Trainer.load``; ``Trainer.__init__`` would also build the SGD optimizer used
     for training, and creating any torch optimizer imports torch's compiler stack (1.5 s of CPU in
     every worker process, every run). ``tests/test_ner.py`` checks the tags equal ``stanza.Pipeline``'s.
+    With ``precision="int8"`` on CPU the loaded model is quantized once (:func:`quantize_int8`);
+    on CUDA it stays fp32. ``self.precision`` is what it runs.
     """
 
     def __init__(self, paths: dict[str, str], threads: int | None = None, batch_size: int | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", precision: str = "fp32"):
         import torch
         from stanza.models.common.pretrain import Pretrain
         from stanza.models.ner.trainer import Trainer
@@ -206,6 +232,9 @@ class NerModel:
             trainer.args["predict_tagset"] = 0
         trainer.model.to(self.device)  # Stanza's predict runs where the model's parameters are
         trainer.model.eval()
+        self.precision = run_precision(precision, self.device)
+        if self.precision == "int8":
+            quantize_int8(trainer.model)
         self.trainers = [trainer]
         self.configs = [{**trainer.args, "batch_size": batch_size or SENTENCES_PER_PASS[self.device]}]
 
@@ -222,6 +251,54 @@ class _TokenTexts:
         return [[[w, None, None] for w in s] for s in self.sents]
 
 
+def viterbi_paths(scores, transitions, lengths: list[int]) -> list[list[int]]:
+    """The best tag path of each sentence of a batch (``scores``: sentences x words x tags, padded).
+
+    Stanza's ``viterbi_decode`` runs in numpy, one sentence and one word at a time (a sixth of the
+    tagging CPU); this does each step for the whole batch in torch. The sums are the same float32
+    additions and ties go to the first maximum, as in numpy, so the paths are the same."""
+    import torch
+
+    lengths_t = torch.tensor(lengths)
+    trellis, back = scores[:, 0], []
+    for t in range(1, scores.shape[1]):
+        best, arg = (trellis.unsqueeze(2) + transitions).max(1)
+        back.append(arg)
+        trellis = torch.where((lengths_t > t).unsqueeze(1), scores[:, t] + best, trellis)  # ended: kept
+    last = trellis.argmax(1).tolist()
+    back = torch.stack(back, 1).tolist() if back else []
+    paths = []
+    for i, n in enumerate(lengths):
+        path = [last[i]]
+        for t in range(n - 2, -1, -1):
+            path.append(back[i][t][path[-1]])
+        paths.append(path[::-1])
+    return paths
+
+
+def predict(trainer, batch) -> list[list[str]]:
+    """Stanza's ``Trainer.predict`` (same model call, tag clean-up and order), decoding with
+    :func:`viterbi_paths`; ``tests/test_ner.py`` checks the tags equal ``stanza.Pipeline``'s."""
+    from stanza.models.common.utils import unsort
+    from stanza.models.common.vocab import VOCAB_PREFIX_SIZE
+    from stanza.models.ner.trainer import fix_singleton_tags, unpack_batch
+
+    device = next(trainer.model.parameters()).device
+    inputs, orig_idx, word_orig_idx, char_orig_idx, sentlens, wordlens, charlens, charoffsets = \
+        unpack_batch(batch, device)
+    word, wordchars, wordchars_mask, chars, tags = inputs
+    _, logits, trans = trainer.model(word, wordchars, wordchars_mask, tags, word_orig_idx, sentlens, wordlens,
+                                     chars, charoffsets, charlens, char_orig_idx)
+    columns = [viterbi_paths(x.cpu(), y.cpu(), sentlens) for x, y in zip(logits, trans)]
+    tagset = trainer.args["predict_tagset"]
+    out = []
+    for i in range(len(sentlens)):
+        ids = list(zip(*[[max(t, VOCAB_PREFIX_SIZE) for t in col[i]] for col in columns]))
+        sent = [x[tagset] if isinstance(x, list) else x for x in trainer.vocab["tag"].unmap(ids)]
+        out.append(fix_singleton_tags(sent))
+    return unsort(out, orig_idx)
+
+
 def ner_tags(model: NerModel, sents: list[list[str]]) -> list[list[str]]:
     """BIOES tags for pre-tokenised sentences."""
     import torch
@@ -235,7 +312,7 @@ def ner_tags(model: NerModel, sents: list[list[str]]) -> list[list[str]]:
         for trainer, config in zip(model.trainers, model.configs):
             loader = DataLoader(texts, config["batch_size"], config, vocab=trainer.vocab, evaluation=True,
                                 preprocess_tags=False, bert_tokenizer=trainer.model.bert_tokenizer)
-            per_model.append([tags for batch in loader for tags in trainer.predict(batch)])
+            per_model.append([tags for batch in loader for tags in predict(trainer, batch)])
     out: list[list[str]] = [[] for _ in sents]
     for i, tags in zip(order, (merge_tags(*x) for x in zip(*per_model))):
         out[i] = list(tags)
@@ -272,7 +349,8 @@ class Tagger:
             return None
         with self._lock:
             if lang not in self._models:
-                self._models[lang] = NerModel(self.paths[lang], self.settings.threads, device=self.settings.device)
+                self._models[lang] = NerModel(self.paths[lang], self.settings.threads, device=self.settings.device,
+                                              precision=self.settings.precision)
                 # The models (and torch, stanza) live as long as the process: keep the cyclic garbage
                 # collector from walking them again and again while tagging, and at exit (about 1 s).
                 gc.freeze()
