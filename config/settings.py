@@ -95,11 +95,9 @@ class NerSettings(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when torch sees a GPU")
     gpu_batch_size: int = Field(128, ge=1, description="documents per NER batch when tagging on CUDA")
     precision: Literal["int8", "fp32"] = Field(
-        "int8", description="CPU inference precision of the NER models. `int8`: each worker quantizes its models "
-        "once after loading (dynamic int8 weights for the LSTM and Linear layers, activations quantized on the "
-        "fly): faster tagging, the same entity offsets and types, entity F1 within 0.005 of fp32 on the "
-        "validation sets measured (models/README.md). `fp32`: the weights as trained. Tagging on CUDA always "
-        "runs fp32")
+        "int8", description="CPU tagging: int8 quantizes each worker's NER models once after loading (dynamic "
+        "int8 LSTM and Linear layers: faster, same entities, F1 within 0.005 of fp32, see models/README.md); "
+        "fp32: the weights as trained. CUDA always tags in fp32")
 
 
 class DedupSettings(Strict):
