@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import warta.transforms.ner as ner  # noqa: E402
 from bench.shared import require  # noqa: E402
 from warta.models.build_id_ner import read_bio  # noqa: E402
-import warta.transforms.ner as ner  # noqa: E402
 from warta.transforms.ner import SHIPPED, NerModel, ner_tags  # noqa: E402
 
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import warnings
 
 import pytest
+from conftest import FIXTURES, seed_article, tiny_corpus
+from test_ner import check_offsets
 from torch import nn
 from torch.ao.nn.quantized import dynamic as qdynamic
-
-from conftest import FIXTURES, seed_article
-from test_ner import charlm_stanza_dir, check_offsets, tiny_corpus, tiny_model_dir  # noqa: F401 (fixtures)
 
 from warta.config.settings import NerSettings
 from warta.models.build_id_ner import read_bio
@@ -75,7 +74,7 @@ def test_quantizing_is_quiet_but_other_warnings_still_show():
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         quantize_int8(nn.Sequential(nn.LSTM(4, 8), nn.Linear(8, 2)))
-        warnings.warn("something else is deprecated", DeprecationWarning)
+        warnings.warn("something else is deprecated", DeprecationWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["something else is deprecated"]
 
 
