@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import psutil
@@ -107,7 +108,7 @@ def speed(args) -> dict:
     outlets, _ = build_world(total, args.outlets)
     per_outlet = lambda n: [n // args.outlets + (1 if i < n % args.outlets else 0) for i in range(args.outlets)]  # noqa: E731
     published = [0] * args.outlets
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         servers = []
         for o, (routes, _items) in enumerate(outlets):
             server = LoopbackServer(host=f"127.0.0.{o + 2}").__enter__()
@@ -133,9 +134,11 @@ def speed(args) -> dict:
                                               f"    language: id\n" for o, s in enumerate(servers)))
         out = Path(tmp, "lake")
         out.mkdir()
-        extra = ["--workers", str(args.workers)] if args.workers else []
+        # the budget of a poll is the interval (at least 1 m) unless set: the first poll must not stop early
+        extra = ["--max-run-time", "30m", *(["--workers", str(args.workers)] if args.workers else [])]
         started = time.monotonic()
         proc, log = start_every(feeds, out, args.interval, extra)
+        stack.callback(lambda: proc.poll() is None and (proc.send_signal(signal.SIGTERM), proc.wait(300)))
         ps = psutil.Process(proc.pid)
         peak, idle = [0.0], []
 
@@ -220,7 +223,8 @@ def soak(args) -> dict:
             n_runs = len(manifests(out))
             if n_runs > done:
                 done = n_runs
-                points.append({"poll": done, "rss_mb": tree_rss_mb(ps), "processes": len(tree(ps))})
+                points.append({"poll": done, "rss_mb": tree_rss_mb(ps), "processes": len(tree(ps)),
+                               "threads": sum(p.num_threads() for p in tree(ps))})
                 if done % 10 == 0:
                     add_article(len(items))
             time.sleep(0.05)
@@ -234,6 +238,7 @@ def soak(args) -> dict:
             "articles_added": len(items), "processes": points[-1]["processes"], "rss_first_mb": rss[0],
             "rss_after_2_mb": base, "rss_last_mb": rss[-1], "rss_max_mb": max(rss),
             "rss_max_after_2_over_after_2": round(max(rss[1:] or rss) / base, 3),
+            "threads_first": points[0]["threads"], "threads_last": points[-1]["threads"],
             "model_load_s_per_poll": loads, "exit_code": proc.returncode, "points": points}
 
 

@@ -156,6 +156,19 @@ class PoolProcess:
             self.channel.close()
 
 
+def _quiet_lost_streams(previous):
+    """Beam's thread reading a harness's control stream dies with a traceback when that harness's process
+    dies; the pool reports the death itself (one warning line), so that traceback is left out."""
+    def hook(args):
+        if args.thread is not None and args.thread.name == "beam_control_read" and any(
+                p.deaths for p in _POOLS.values()) and type(args.exc_value).__module__.startswith("grpc"):
+            log.debug("control stream of a dead worker process: %r", args.exc_value)
+            return
+        previous(args)
+    hook.quiet_lost_streams = True
+    return hook
+
+
 class WorkerPool:
     """``size`` worker processes that outlive the pipelines run with ``DirectFnRunner(pool=...)``.
 
@@ -173,6 +186,8 @@ class WorkerPool:
 
     def __enter__(self) -> WorkerPool:
         _POOLS[self.id] = self
+        if not getattr(threading.excepthook, "quiet_lost_streams", False):
+            threading.excepthook = _quiet_lost_streams(threading.excepthook)
         try:
             self.ensure()
         except BaseException:
