@@ -39,7 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.pages import rss_feed, wordpress_page  # noqa: E402
 from warta.pipeline.loopback import LoopbackServer, Route  # noqa: E402
-from warta.pipeline.options import parse_duration  # noqa: E402
+from warta.pipeline.options import parse_duration, usable_cpus  # noqa: E402
+
+CORES = usable_cpus()
 
 
 def tree(proc: psutil.Process) -> list[psutil.Process]:
@@ -54,6 +56,10 @@ def tree_rss_mb(proc: psutil.Process) -> float:
         except psutil.Error:
             pass
     return round(total / 2**20, 1)
+
+
+def tree_cpu_s(proc: psutil.Process) -> float:
+    return sum(cpu_of(p) for p in tree(proc))
 
 
 def cpu_of(p: psutil.Process) -> float:
@@ -149,19 +155,27 @@ def speed(args) -> dict:
 
         threading.Thread(target=sample, daemon=True).start()
         first_commit_s = None
-        # what to publish after each poll (None: nothing, and no idle sample: poll 1 may overrun the interval)
-        plan = [None, later[0], later[1], 0, None]
+        cpu_at = [0.0]  # CPU seconds of the whole tree when each poll's summary line was seen
+        # what to publish after each poll (published as soon as the poll's summary line is out, before the
+        # next poll starts even when this one overran the interval); idle CPU is sampled after polls 2-4, in
+        # windows with no poll in flight (no _state/LOCK, no new summary line)
+        plan = [0, later[0], later[1], 0, None]
+        lock = out / "_state" / "LOCK"
         for poll, add in enumerate(plan, 1):
-            while len(manifests(out)) < poll:
+            while len(manifests(out)) < poll or summaries(Path(log.name)) < poll:
                 if proc.poll() is not None:
                     raise RuntimeError(f"--every exited with {proc.returncode}: see {log.name}")
-                time.sleep(0.2)
+                time.sleep(0.1)
+            cpu_at.append(tree_cpu_s(ps))
             if poll == 1:
                 first_commit_s = round(time.monotonic() - started, 2)
-            if add is not None:  # between polls: the process tree idles (polls 2+ are short)
-                time.sleep(1.0)
-                idle.append({"after_poll": poll, **idle_cpu(ps)})
-            batches.append(publish(add) if add else [])
+            if add is not None:
+                batches.append(publish(add) if add else [])
+            if 1 < poll < len(plan):
+                time.sleep(0.5)
+                sample = {"after_poll": poll, **idle_cpu(ps)}
+                if not lock.exists() and summaries(Path(log.name)) == poll and poll == len(manifests(out)):
+                    idle.append(sample)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=300)
         log.close()
@@ -174,14 +188,17 @@ def speed(args) -> dict:
         noop = None
         for i, run in enumerate(runs[:len(plan)]):
             s = run["summary"]
+            cpu = cpu_at[i + 1] - cpu_at[i]  # poll 1: also the start of the process and its pool
             row = {"poll": i + 1, "seconds": s["seconds"], "model_load_s": s.get("model_load_s"),
-                   "articles": s["articles_written"], "pages_fetched": s["pages_fetched"]}
+                   "articles": s["articles_written"], "pages_fetched": s["pages_fetched"],
+                   "tree_cpu_s": round(cpu, 2), "machine_share": round(cpu / (s["seconds"] * CORES), 3)}
             urls = batches[i] if i < len(batches) else []
             if urls:
                 pages = [{"url": u, "final_url": u, "html": client.get(u).body, "status": 200} for u in urls]
                 limit = physical_limit(pages, True, lean=False)
                 row.update(limit_wall_s=limit["limit_wall_s"], limit_cpu_s=limit["limit_cpu_s"],
-                           ratio_to_limit=round(limit["limit_wall_s"] / s["seconds"], 3))
+                           ratio_to_limit=round(limit["limit_wall_s"] / s["seconds"], 3),
+                           limit_cpu_over_tree_cpu=round(limit["limit_cpu_s"] / cpu, 3))
                 if noop is not None and s["seconds"] > noop:
                     row["ratio_on_work"] = round(limit["limit_wall_s"] / (s["seconds"] - noop), 3)
             elif i > 0:
@@ -269,6 +286,9 @@ def main(argv=None) -> int:
         summary["later_ratio_on_work"] = statistics.median(
             p["ratio_on_work"] for r in results for p in r["polls"] if "ratio_on_work" in p)
         summary["later_model_load_s_max"] = max(p["model_load_s"] for r in results for p in r["polls"][1:])
+        summary["first_poll_machine_share"] = statistics.median(r["polls"][0]["machine_share"] for r in results)
+        summary["first_poll_limit_cpu_over_tree_cpu"] = statistics.median(
+            r["polls"][0]["limit_cpu_over_tree_cpu"] for r in results)
         summary["idle_cpu_percent_max"] = max(i["idle_cpu_percent"] for r in results for i in r["idle"])
         print(json.dumps({"median": summary}))
         results = {"median": summary, "runs": results}
