@@ -4,7 +4,8 @@ local directory (one JSON file per worker process); the driver sums them into on
 
 Model loading is timed the same way: ``transforms.ner`` calls :func:`note_model_load` after each load in a
 worker (0 s when a poll finds the models loaded), counted as ``model_load_ms`` (summed over the worker
-processes) into the directory that process is counting into.
+processes) into the directory that process is counting into. A load that outlives the run that started it
+(a worker with nothing else to do in that run) is counted in neither run.
 
 Runner-agnostic and best effort: on workers that cannot see the driver's directory (a remote cluster) the
 counts are simply not written, and the line shows only the elapsed time.
@@ -34,7 +35,8 @@ _lock = threading.Lock()
 _write_lock = threading.Lock()  # one writer at a time, so the newest counts are written last
 _flusher: list[threading.Thread] = []
 _current: list[str] = []  # the directory this process counted into last (a worker serves one run at a time)
-_pending_ms: list[int] = []  # model loads timed before this process knew the run's directory
+_pending_ms: list[tuple[float, int]] = []  # (epoch start, ms) of model loads timed before this process knew the run's directory
+STARTED = "started"  # file in a run's directory: the run's start (epoch seconds)
 
 
 class QuietFilter(logging.Filter):
@@ -67,9 +69,14 @@ def _switch_to(directory: str) -> None:
         _counts.pop(old, None)
         _dirty.discard(old)
     _current[:] = [directory]
-    if _pending_ms:
+    if _pending_ms:  # loads that started in this run (not those an earlier run started and outlived)
+        try:
+            with open(os.path.join(directory, STARTED)) as fh:
+                run_start = float(fh.read())
+        except (OSError, ValueError):
+            run_start = 0.0
         counts = _counts.setdefault(directory, {})
-        counts["model_load_ms"] = counts.get("model_load_ms", 0) + sum(_pending_ms)
+        counts["model_load_ms"] = counts.get("model_load_ms", 0) + sum(ms for t, ms in _pending_ms if t >= run_start)
         _pending_ms.clear()
 
 
@@ -80,7 +87,7 @@ def note_model_load(lang: str, seconds: float) -> None:
     with _lock:
         directory = _current[-1] if _current and os.path.isdir(_current[-1]) else None
         if directory is None:
-            _pending_ms.append(ms)
+            _pending_ms.append((time.time() - seconds, ms))
             return
     count(None, directory, "model_load_ms", ms)
     _write(directory)
@@ -166,6 +173,8 @@ class ProgressLine:
 
     def __enter__(self) -> ProgressLine:
         self.directory = tempfile.mkdtemp(prefix="warta-progress-")
+        with open(os.path.join(self.directory, STARTED), "w") as fh:
+            fh.write(repr(time.time()))
         self.started = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="warta-progress", daemon=True)
         self._thread.start()
