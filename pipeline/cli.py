@@ -26,12 +26,20 @@ from warta.pipeline.build import Plan, build  # noqa: E402
 from warta.pipeline.exits import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK  # noqa: E402
 from warta.pipeline.options import UsageError, split_args, usable_cpus  # noqa: E402
 from warta.pipeline.progress import ProgressLine, setup_logging  # noqa: E402
-from warta.pipeline.runner import beam_options, execute, local_dask_cluster, parallel_layout, sized_to_machine  # noqa: E402
+from warta.pipeline.runner import (  # noqa: E402
+    beam_options,
+    execute,
+    local_dask_cluster,
+    parallel_layout,
+    sized_to_machine,
+    worker_pool,
+)
 from warta.transforms.ner import check_ner  # noqa: E402
 
 log = logging.getLogger("warta")
 DEFAULT_RUN_TIME = 15 * 60.0  # seconds: the budget of a one-shot run
 MIN_EVERY_RUN_TIME = 60.0  # with --every the budget is the interval, but at least this (start-up must fit)
+POLL_RETRIES = 2  # with --every: times a poll is run again at once when a worker process died during it
 
 
 def summary_line(c: dict[str, Any], seconds: float) -> str:
@@ -40,7 +48,8 @@ def summary_line(c: dict[str, Any], seconds: float) -> str:
             f"left pending={c.get('entries_pending', 0)} | pages fetched={c['pages_fetched']} "
             f"extracted={c['pages_extracted']} | duplicates exact={c['duplicates_exact']} near={c['duplicates_near']} "
             f"| entities={c['entities']} | rows written={c['articles_written']} "
-            f"| errors={c['errors_written']} | {seconds:.1f}s")
+            f"| errors={c['errors_written']} | "
+            + (f"model load {c['model_load_s']:.1f}s | " if "model_load_s" in c else "") + f"{seconds:.1f}s")
     if c.get("no_model"):  # {language: articles}
         missing = ", ".join(f"{lang} ({n} article{'s' * (n != 1)})" for lang, n in c["no_model"].items())
         line += f" | no NER model for {missing}: get one with `warta models download {' '.join(c['no_model'])}`"
@@ -73,6 +82,8 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
         paths = plan.ner_paths()
         stats["no_model"] = {lang: n for lang, n in stats.pop("languages").items()
                              if lang != "None" and not paths.get(lang)} if settings.ner.enabled else {}
+        if settings.ner.enabled:
+            stats["model_load_s"] = progress.model_load_s  # summed over the worker processes
         stats["seconds"] = round(time.monotonic() - t0, 2)
         manifest = commit(store, run_id, stats, settings.dedup.window_days, backlog_taken=taken, fence=lock.check)
         compact_after_run(store, settings.lake, manifest["files"], fence=lock.check)
@@ -90,9 +101,8 @@ def run(argv: list[str] | None = None) -> int:
     if ns.workers is not None and ns.workers < 1:
         print("warta: --workers must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
-    # --every: one in-process worker by default, so the models stay loaded between polls (its torch
-    # threads use every CPU); a one-shot run: one worker process per CPU.
-    workers = ns.workers or (1 if ns.every else usable_cpus())
+    # One worker process per CPU; with --every they are long-lived (worker_pool), so models stay loaded.
+    workers = ns.workers or usable_cpus()
     with ExitStack() as stack:
         try:
             if ns.example:
@@ -132,7 +142,11 @@ def run(argv: list[str] | None = None) -> int:
 def run_every(interval: float, feeds, settings: Settings, output: str, beam_args: list[str],
               runner: str | None, dask_address: str | None, workers: int | None, max_run_time: float,
               verbose: bool = False) -> int:
-    """Bounded runs in one long-lived process until SIGINT/SIGTERM; the poll in flight is finished."""
+    """Bounded runs in one long-lived process until SIGINT/SIGTERM; the poll in flight is finished.
+
+    On the DirectRunner with more than one worker, the worker processes are started once and serve every
+    poll (their NER models stay loaded); a poll that fails because one of them died is retried at once
+    with a replacement (at most ``POLL_RETRIES`` times), otherwise the next poll retries."""
     stop = threading.Event()
 
     def request_stop(signum, _frame):
@@ -141,15 +155,28 @@ def run_every(interval: float, feeds, settings: Settings, output: str, beam_args
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                run_once(feeds, settings, output, beam_args, runner, dask_address, workers, max_run_time, verbose)
-            except LockedError as e:
-                log.warning("skipping this poll: %s", e)
-            except Exception:
-                log.exception("poll failed; nothing from it was committed, the next poll retries")
-            stop.wait(max(0.0, interval - (time.monotonic() - started)))
+        with ExitStack() as stack:
+            pool = None
+            if (runner or "direct").lower() == "direct" and (workers or 1) > 1 and not any(
+                    a.startswith("--direct_") for a in beam_args):
+                pool = stack.enter_context(worker_pool(workers, verbose))
+            while not stop.is_set():
+                started = time.monotonic()
+                for attempt in range(POLL_RETRIES + 1):
+                    deaths = pool.deaths if pool else 0
+                    try:
+                        run_once(feeds, settings, output, beam_args, runner, dask_address, workers, max_run_time,
+                                 verbose)
+                    except LockedError as e:
+                        log.warning("skipping this poll: %s", e)
+                    except Exception:
+                        if pool and pool.deaths > deaths and attempt < POLL_RETRIES and not stop.is_set():
+                            log.warning("poll failed: a worker process died; nothing from it was committed, "
+                                        "retrying with a new one")
+                            continue
+                        log.exception("poll failed; nothing from it was committed, the next poll retries")
+                    break
+                stop.wait(max(0.0, interval - (time.monotonic() - started)))
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

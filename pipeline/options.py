@@ -46,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
                     help="keep polling at this interval (e.g. 90s, 15m, 1h) until SIGINT/SIGTERM")
     ap.add_argument("--workers", type=int, metavar="N",
                     help="worker processes on the DirectRunner (default: the CPUs this process may use; with "
-                         "--every 1). 1 = one in-process worker, whose models stay loaded between --every polls")
+                         "--every they are started once and keep their models loaded). 1 = one in-process worker")
     ap.add_argument("--max-run-time", type=parse_duration, metavar="DURATION",
                     help="run budget (e.g. 90s, 15m, 1h; default 15m, with --every the interval, at least 1m): past it no "
                          "new page fetch starts, what was fetched is committed, the rest waits in _state/backlog/ "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import apache_beam as beam
@@ -13,12 +15,13 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 from warta.config.settings import Settings
 from warta.pipeline.options import usable_cpus
 from warta.pipeline.progress import OUR_LOGGERS
-from warta.pipeline.worker import DirectFnRunner
+from warta.pipeline.worker import DirectFnRunner, WorkerPool
 
 if TYPE_CHECKING:
     from warta.pipeline.build import Plan
 
 log = logging.getLogger("warta")
+_pool: list[WorkerPool] = []  # the long-lived worker pool runs on the DirectRunner use, if any (worker_pool)
 
 
 def beam_options(beam_args: list[str], runner: str | None, dask_address: str | None,
@@ -74,12 +77,28 @@ def sized_to_machine(settings: Settings, options: PipelineOptions, runner: str |
 def execute(build_fn, plan: Plan, options: PipelineOptions, runner: str | None, verbose: bool = False) -> None:
     """Build a pipeline with ``build_fn(p, plan)`` on the runner chosen and run it to the end."""
     direct = (runner or "direct").lower() == "direct"
-    p = beam.Pipeline(runner=DirectFnRunner(quiet=not verbose) if direct else None, options=options)
+    pool = None
+    if direct and _pool and options.view_as(DirectOptions).direct_running_mode == "multi_processing":
+        pool = _pool[-1]
+        pool.ensure()  # replaces worker processes that died since the last run
+    p = beam.Pipeline(runner=DirectFnRunner(quiet=not verbose, pool=pool) if direct else None, options=options)
     build_fn(p, plan)
     result = p.run()
     result.wait_until_finish()
     if hasattr(result, "client"):  # DaskRunner opens its own client: close it before the cluster goes
         result.client.close()
+
+
+@contextmanager
+def worker_pool(size: int, verbose: bool = False) -> Iterator[WorkerPool]:
+    """``size`` long-lived worker processes that every DirectRunner run with worker processes uses while
+    the block lasts (``--every``): the NER models each process loads stay loaded from one run to the next."""
+    with WorkerPool(size, logging.getLevelName(log.getEffectiveLevel()), verbose) as pool:
+        _pool.append(pool)
+        try:
+            yield pool
+        finally:
+            _pool.remove(pool)
 
 
 class local_dask_cluster:

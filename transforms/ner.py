@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -324,6 +325,21 @@ def to_label(label: str) -> str | None:
     return LABELS.get(label.upper())
 
 
+_LOAD_HOOKS: list = []  # called with (language, seconds) after each model load, and with 0 s by warm-ups that find it loaded
+
+
+def on_model_load(hook) -> None:
+    """Call ``hook(language, seconds)`` whenever this process loads a NER model (``pipeline.progress`` reports
+    it); a warm-up that finds the model already loaded reports 0 s."""
+    if hook not in _LOAD_HOOKS:
+        _LOAD_HOOKS.append(hook)
+
+
+def _loaded(lang: str, seconds: float) -> None:
+    for hook in _LOAD_HOOKS:
+        hook(lang, seconds)
+
+
 class Tagger:
     """Stanza NER models by language, loaded on first use (or by warm_up); tags batches of texts."""
 
@@ -337,6 +353,8 @@ class Tagger:
         for lang in langs:
             if self.paths.get(lang) and lang not in self._models:
                 threading.Thread(target=self._warm, args=(lang,), daemon=True, name=f"ner-load-{lang}").start()
+            elif lang in self._models:
+                _loaded(lang, 0.0)
 
     def _warm(self, lang: str) -> None:
         try:
@@ -349,8 +367,10 @@ class Tagger:
             return None
         with self._lock:
             if lang not in self._models:
+                started = time.perf_counter()
                 self._models[lang] = NerModel(self.paths[lang], self.settings.threads, device=self.settings.device,
                                               precision=self.settings.precision)
+                _loaded(lang, time.perf_counter() - started)
                 # The models (and torch, stanza) live as long as the process: keep the cyclic garbage
                 # collector from walking them again and again while tagging, and at exit (about 1 s).
                 gc.freeze()
