@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 
 from warta.lake import faults
 from warta.lake.lock import LockLost
-from warta.lake.schema import ARTICLE_SCHEMA, ERROR_SCHEMA, new_run_id
-from warta.lake.state import record_schema
+from warta.lake.schema import ARTICLE_SCHEMA, ERROR_SCHEMA, new_run_id, upgrade_entities
+from warta.lake.state import ensure_datasets, record_schema
 from warta.lake.store import Store
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def rewrite_partition(store: Store, part: str, files: list[str], target_bytes: i
     the names the new files will have in the lake."""
     schema, order = DATASETS[part.split("/", 1)[0]]
     blobs = [store.read_bytes(f) for f in files]
-    table = unified([pq.read_table(io.BytesIO(b)) for b in blobs], schema)
+    table = unified([upgrade_entities(pq.read_table(io.BytesIO(b))) for b in blobs], schema)
     table = table.sort_by([(c, "ascending") for c in order if c in table.schema.names])
     row_bytes = max(1.0, sum(map(len, blobs)) / max(1, table.num_rows))
     per_file = max(1, int(target_bytes / row_bytes))
@@ -232,6 +232,8 @@ def expired_days(store: Store, policy: Policy) -> list[str]:
 
 
 def record_lake_schema(store: Store, layout: str) -> dict:
+    """The schema version, and an empty file in a dataset with none yet (a clean run's ``errors/``)."""
+    ensure_datasets(store, {"errors": ERROR_SCHEMA}, datetime.now(timezone.utc).strftime("%Y-%m-%d"))
     return record_schema(store, {name: schema for name, (schema, _) in DATASETS.items()}, layout)
 
 

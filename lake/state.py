@@ -267,20 +267,45 @@ def compact_index(store: Store, run_id: str, window_days: int, keep_parts: int =
             store.remove(p)
 
 def record_schema(store: Store, datasets: dict[str, pa.Schema], layout: str) -> dict:
-    """Record the columns this version writes in ``_state/schema.json``; a column not seen before
-    bumps the version (columns are only ever added, so old files stay readable with the new ones)."""
+    """Record the columns this version writes in ``_state/schema.json``. A column not seen before, or one whose
+    type this version writes differently (the entity struct's ``text`` → ``mention``), bumps the version and adds
+    a history entry (``added`` / ``changed``); old files stay readable (``union_by_name``, or
+    :func:`lake.schema.upgrade_entities`). A writer of fewer columns (an older version) changes nothing."""
     now = {name: {f.name: str(f.type) for f in schema} for name, schema in datasets.items()}
     doc = store.read_json(SCHEMA_FILE) or {"version": 0, "layout": layout, "datasets": {}, "history": []}
     added = {name: {c: t for c, t in cols.items() if c not in doc["datasets"].get(name, {})}
              for name, cols in now.items()}
     added = {name: cols for name, cols in added.items() if cols}
+    changed = {name: {c: t for c, t in cols.items() if doc["datasets"].get(name, {}).get(c, t) != t}
+               for name, cols in now.items()}
+    changed = {name: cols for name, cols in changed.items() if cols}
     if doc.get("layout") != layout:
         log.warning("this lake is partitioned by %s but the settings say lake.layout=%s", doc.get("layout"), layout)
-    if added:
+    if added or changed:
         doc["version"] += 1
-        for name, cols in added.items():
-            doc["datasets"].setdefault(name, {}).update(cols)
-        doc["history"].append({"version": doc["version"], "added": added,
-                               "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        entry: dict = {"version": doc["version"]}
+        if added:
+            entry["added"] = added
+        if changed:  # the type before and after, e.g. the entity struct's field `text` renamed `mention`
+            entry["changed"] = {name: {c: {"from": doc["datasets"][name][c], "to": t} for c, t in cols.items()}
+                                for name, cols in changed.items()}
+        for diff in (added, changed):
+            for name, cols in diff.items():
+                doc["datasets"].setdefault(name, {}).update(cols)
+        doc["history"].append({**entry, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         store.write_json(SCHEMA_FILE, doc)
     return doc
+
+
+def ensure_datasets(store: Store, datasets: dict[str, pa.Schema], day: str) -> list[str]:
+    """Give every dataset folder at least one file, so that ``read_parquet('lake/errors/**/*.parquet')`` works
+    on a lake that has had no error yet: an empty file with the schema, ``<dataset>/date=<day>/empty.parquet``
+    (compaction folds it into the partition's next files). Returns the files written."""
+    written = []
+    for name, schema in datasets.items():
+        if store.exists(name) and store.fs.ls(store.path(name), detail=False):
+            continue
+        rel = f"{name}/date={day}/empty.parquet"
+        store.write_table(rel, schema.empty_table())
+        written.append(rel)
+    return written

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,8 +26,8 @@ from typing import Any
 import apache_beam as beam
 import fsspec
 
-from warta.config.settings import DEFAULT_FEEDS, ConfigError, Settings, load_feeds, load_settings
-from warta.lake.commit import LockedError, RunLock, commit, new_run_id, recover, summarize_staged
+from warta.config.settings import DEFAULT_FEEDS, ConfigError, Settings, load_feeds
+from warta.lake.commit import RunLock, commit, new_run_id, recover, summarize_staged
 from warta.lake.failures import load_failures
 from warta.lake.schema import staging_dir
 from warta.lake.state import key64, load_index
@@ -36,9 +35,17 @@ from warta.lake.store import Store
 from warta.net.http import HttpClient
 from warta.net.urls import host_of, normalize_url
 from warta.pipeline.build import Plan, load_seen, process_entries, process_pages
-from warta.pipeline.exits import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK
+from warta.pipeline.command import (
+    Exit,
+    add_log_level,
+    command,
+    command_parser,
+    lock_or_exit,
+    settings_or_exit,
+    start_logging,
+)
+from warta.pipeline.exits import EXIT_CONFIG, EXIT_OK
 from warta.pipeline.options import add_setting_overrides, parse_duration, setting_overrides, usable_cpus
-from warta.pipeline.progress import setup_logging
 from warta.pipeline.runner import beam_options, execute, local_dask_cluster, parallel_layout, sized_to_machine
 from warta.transforms.discover import Discovery
 from warta.transforms.fetch import host_pace
@@ -50,16 +57,15 @@ log = logging.getLogger("warta")
 STATE_DIR = "backfill"  # under _state/ once committed
 
 
-def _common_flags(ap: argparse.ArgumentParser) -> None:
+def _common_flags(ap: argparse.ArgumentParser, fetch: bool = True) -> None:
     ap.add_argument("--output", required=True, help="lake root: local path or fsspec URL")
     ap.add_argument("--config", type=Path, help="settings YAML (as for `warta run`)")
     ap.add_argument("--runner", default=None, help="direct (default), dask, or any Beam runner name")
     ap.add_argument("--workers", type=int, metavar="N",
                     help="worker processes on the DirectRunner (default: the CPUs this process may use)")
     ap.add_argument("--dask-address", help="tcp://HOST:PORT of a dask scheduler (default: start a local cluster)")
-    add_setting_overrides(ap)
-    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    ap.add_argument("--verbose", action="store_true", help="show Beam's and the libraries' own log messages")
+    add_setting_overrides(ap, fetch)
+    add_log_level(ap, verbose=True)
 
 
 def _parse(ap: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -69,8 +75,8 @@ def _parse(ap: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Names
 
 
 def backfill_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="warta backfill", description="Discover the older articles of each feed's site (paged feeds, "
+    ap = command_parser(
+        "warta backfill", log_level=False, description="Discover the older articles of each feed's site (paged feeds, "
         "sitemaps) published since a date, then fetch, extract, deduplicate, tag and commit them like a poll. "
         "Resumable: rerun to continue. Beam pipeline options go after `--`.")
     ap.add_argument("--feeds", type=Path, default=DEFAULT_FEEDS, help="feeds YAML (default: %(default)s)")
@@ -84,28 +90,32 @@ def backfill_parser() -> argparse.ArgumentParser:
 
 
 def archive_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="warta archive", description="Read HTML responses of the wanted domains from WARC files (any "
+    ap = command_parser(
+        "warta archive", log_level=False, description="Read HTML responses of the wanted domains from WARC files (any "
         "fsspec URL or glob) and extract, deduplicate, tag and commit them; nothing is fetched. Each file is "
         "a unit of work. Beam pipeline options go after `--`.")
     ap.add_argument("--warc", nargs="+", required=True, metavar="PATH_OR_URL", help="WARC files (.warc, .warc.gz)")
     wanted = ap.add_mutually_exclusive_group(required=True)
     wanted.add_argument("--feeds", type=Path, help="keep pages of these feeds' sites (source = feed name)")
     wanted.add_argument("--domains", help="comma-separated domains to keep (source = domain)")
-    _common_flags(ap)
+    _common_flags(ap, fetch=False)
     return ap
 
 
 def _setup(ns: argparse.Namespace, feeds_path: Path | None) -> tuple[Settings, list, Store]:
-    """Settings, feeds and a writable store, or ConfigError."""
-    settings = load_settings(ns.config, setting_overrides(ns))
+    """Settings, feeds and a writable store, or exit 2."""
+    settings = settings_or_exit(ns.config, setting_overrides(ns))
     ns.runner = ns.runner or settings.runner  # the flag wins over the settings file
-    feeds = load_feeds(feeds_path) if feeds_path else []
+    try:
+        feeds = load_feeds(feeds_path) if feeds_path else []
+    except ConfigError as e:
+        raise Exit(EXIT_CONFIG, f"configuration error: {e}") from None
     store = Store(ns.output, settings.storage_options)
     try:
         store.check_writable()
     except Exception as e:
-        raise ConfigError(f"output {ns.output} is not writable: {type(e).__name__}: {e}") from None
+        raise Exit(EXIT_CONFIG, f"configuration error: output {ns.output} is not writable: "
+                                f"{type(e).__name__}: {e}") from None
     return settings, feeds, store
 
 
@@ -133,26 +143,18 @@ def run_pipeline(store: Store, settings: Settings, feeds: list, options, ns: arg
 
 def _run(argv: list[str], parser: Callable[[], argparse.ArgumentParser], body) -> int:
     ns, beam_args = _parse(parser(), argv)
-    setup_logging(ns.log_level, ns.verbose)
+    start_logging(ns)
     with ExitStack() as stack:
-        try:
-            settings, feeds, store = _setup(ns, ns.feeds)
-        except ConfigError as e:
-            print(f"warta: configuration error: {e}", file=sys.stderr)
-            return EXIT_CONFIG
+        settings, feeds, store = _setup(ns, ns.feeds)
         dask_address = ns.dask_address
         if (ns.runner or "").lower() == "dask" and not dask_address:
             dask_address = stack.enter_context(local_dask_cluster())
         options = beam_options(beam_args, ns.runner, dask_address, max(1, ns.workers or usable_cpus()),
                                quiet=not ns.verbose)
         settings = sized_to_machine(settings, options, ns.runner)
-        try:
-            with RunLock(store, new_run_id(), ttl=settings.lock_ttl) as lock:
-                recover(store, settings.dedup.window_days)
-                summary = body(ns, settings, feeds, store, options, lock.check)
-        except LockedError as e:
-            print(f"warta: {e}", file=sys.stderr)
-            return EXIT_LOCKED
+        with lock_or_exit(), RunLock(store, new_run_id(), ttl=settings.lock_ttl) as lock:
+            recover(store, settings.dedup.window_days)
+            summary = body(ns, settings, feeds, store, options, lock.check)
     log.info(summary)  # the last line, after a local dask cluster's shutdown notices
     return EXIT_OK
 
@@ -238,6 +240,7 @@ def _chunk_builder(chunk: list[dict[str, Any]]):
     return build
 
 
+@command("warta backfill")
 def backfill(argv: list[str]) -> int:
     return _run(argv, backfill_parser, _backfill)
 
@@ -272,5 +275,6 @@ def _archive(ns, settings: Settings, feeds: list, store: Store, options, fence) 
             f"| errors={stats['errors_written']} | {time.monotonic() - t0:.1f}s")
 
 
+@command("warta archive")
 def archive(argv: list[str]) -> int:
     return _run(argv, archive_parser, _archive)

@@ -1,11 +1,14 @@
-"""The ``warta`` command: subcommands (``warta run|compact|report|…``) and the run command itself.
+"""The ``warta`` command: the command table, dispatch, and the run command itself.
 
 ``run(argv)``: one bounded run, or a loop of them with ``--every``; the summary line; exit codes.
-``run_local.py ARGS`` and ``warta ARGS`` without a subcommand are ``warta run ARGS``.
+``warta`` alone prints the usage (exit 2) and never crawls. Flags without a command are ``warta run FLAGS``
+when they say which feeds (``--feeds FILE`` or ``--example``); ``run_local.py FLAGS`` (for scripts) is always
+``warta run FLAGS``, and ``run_local.py`` alone prints the usage like ``warta``.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import signal
 import sys
@@ -17,15 +20,16 @@ from typing import Any
 logging.getLogger().setLevel(logging.ERROR)  # Beam's import-time warnings (apitools); run() sets up logging
 
 
-from warta.config.settings import ConfigError, Settings, load_feeds, load_settings  # noqa: E402
+from warta.config.settings import ConfigError, Settings, load_feeds  # noqa: E402
 from warta.lake.commit import LockedError, RunLock, commit, new_run_id, read_backlog, recover, summarize_staged  # noqa: E402
 from warta.lake.compact import compact_after_run  # noqa: E402
 from warta.lake.state import FEEDS_FILE  # noqa: E402
 from warta.lake.store import Store  # noqa: E402
 from warta.pipeline.build import Plan, build  # noqa: E402
-from warta.pipeline.exits import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK  # noqa: E402
-from warta.pipeline.options import UsageError, split_args, usable_cpus  # noqa: E402
-from warta.pipeline.progress import ProgressLine, setup_logging  # noqa: E402
+from warta.pipeline.command import Exit, call, command, lock_or_exit, settings_or_exit, start_logging  # noqa: E402
+from warta.pipeline.exits import EXIT_CONFIG, EXIT_OK  # noqa: E402
+from warta.pipeline.options import split_args, usable_cpus  # noqa: E402
+from warta.pipeline.progress import ProgressLine  # noqa: E402
 from warta.pipeline.runner import (  # noqa: E402
     beam_options,
     execute,
@@ -91,51 +95,42 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
     return stats
 
 
+@command("warta run")
 def run(argv: list[str] | None = None) -> int:
-    try:
-        ns, beam_args, overrides = split_args(argv)
-    except UsageError as e:
-        print(f"warta: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    setup_logging(ns.log_level, ns.verbose)
+    ns, beam_args, overrides = split_args(argv)
+    start_logging(ns)
     if ns.workers is not None and ns.workers < 1:
-        print("warta: --workers must be at least 1", file=sys.stderr)
-        return EXIT_CONFIG
+        raise Exit(EXIT_CONFIG, "--workers must be at least 1")
     # One worker process per CPU; with --every they are long-lived (worker_pool), so models stay loaded.
     workers = ns.workers or usable_cpus()
     with ExitStack() as stack:
+        if ns.example:
+            from warta.pipeline.example import serve_example
+            ns.feeds, example_overrides = stack.enter_context(serve_example())
+            overrides = {**example_overrides, **overrides}
+            if ns.output == "./data":
+                ns.output = "./data-example"
+        settings = settings_or_exit(ns.config, overrides)
         try:
-            if ns.example:
-                from warta.pipeline.example import serve_example
-                ns.feeds, example_overrides = stack.enter_context(serve_example())
-                overrides = {**example_overrides, **overrides}
-                if ns.output == "./data":
-                    ns.output = "./data-example"
-            settings = load_settings(ns.config, overrides)
             ns.runner = ns.runner or settings.runner  # the flag wins over the settings file
             feeds = load_feeds(ns.feeds)
             check_ner(settings.ner, ns.runner)
         except ConfigError as e:
-            print(f"warta: configuration error: {e}", file=sys.stderr)
-            return EXIT_CONFIG
+            raise Exit(EXIT_CONFIG, f"configuration error: {e}") from None
         try:
             Store(ns.output, settings.storage_options).check_writable()
         except Exception as e:  # unwritable or unreachable output
-            print(f"warta: configuration error: output {ns.output} is not writable: {type(e).__name__}: {e}",
-                  file=sys.stderr)
-            return EXIT_CONFIG
+            raise Exit(EXIT_CONFIG, f"configuration error: output {ns.output} is not writable: "
+                                    f"{type(e).__name__}: {e}") from None
         dask_address = ns.dask_address
         if (ns.runner or "").lower() == "dask" and not dask_address:
             dask_address = stack.enter_context(local_dask_cluster())
-        try:
+        with lock_or_exit():
             if ns.every:
                 return run_every(ns.every, feeds, settings, ns.output, beam_args, ns.runner, dask_address,
                                  workers, ns.max_run_time or max(ns.every, MIN_EVERY_RUN_TIME), ns.verbose)
             run_once(feeds, settings, ns.output, beam_args, ns.runner, dask_address, workers,
                      ns.max_run_time or DEFAULT_RUN_TIME, ns.verbose)
-        except LockedError as e:
-            print(f"warta: {e}", file=sys.stderr)
-            return EXIT_LOCKED
     return EXIT_OK
 
 
@@ -183,43 +178,62 @@ def run_every(interval: float, feeds, settings: Settings, output: str, beam_args
     return EXIT_OK
 
 
-# Subcommand -> "module:function"; the function takes the remaining argv and returns an exit status.
-# Imported only when chosen, so `warta run` never pays for another command's imports.
+# Subcommand -> ("module:function", what it does); the function takes the remaining argv and returns an exit
+# status (or raises command.Exit). Imported only when chosen, so `warta run` never pays for another command's imports.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("warta.pipeline.cli:run", "poll the feeds once (or --every INTERVAL) and commit to the lake"),
-    "report": ("warta.pipeline.report:report", "write one self-contained HTML page about the lake (--output, --days, --to)"),
-    "stats": ("warta.pipeline.report:stats", "print the lake's key numbers as a plain table (for terminals and cron mail)"),
+    "report": ("warta.pipeline.report:report", "write one self-contained HTML page about the lake"),
+    "stats": ("warta.pipeline.report:stats", "print the lake's key numbers as a plain table (terminals, cron mail)"),
     "errors": ("warta.pipeline.errors:errors", "list remembered failures, or `retry` them on the next run"),
-    "compact": ("warta.pipeline.compact:compact_command", "rewrite each partition's small files into large sorted ones; retention"),
+    "compact": ("warta.pipeline.compact:compact_command", "rewrite each partition's small files into large ones; retention"),
     "models": ("warta.pipeline.models_cmd:models", "download Stanza NER models (`models download en`), list those found"),
     "backfill": ("warta.pipeline.backfill:backfill", "add older articles of the feeds' sites (paged feeds, sitemaps)"),
     "archive": ("warta.pipeline.backfill:archive", "add the articles of WARC files (e.g. CC-NEWS) without fetching"),
 }
+RUN_SELECTORS = ("--feeds", "--example")  # flags that make `warta FLAGS…` (no command) a run
 
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {about}" for name, (_, about) in COMMANDS.items()]
-    return ("usage: warta COMMAND [ARGS]   (`warta ARGS` without a command is `warta run ARGS`)\n\n"
-            "commands:\n" + "\n".join(lines) + "\n\n`warta COMMAND --help` for a command's flags.")
+    return ("usage: warta COMMAND [ARGS]\n\n"
+            "commands:\n" + "\n".join(lines) + "\n\n"
+            "  warta --example             try it: the bundled sample outlets, into ./data-example\n"
+            "  warta run                   poll the feeds of config/feeds.yaml into ./data\n"
+            "  warta --feeds FILE [ARGS]   the same as `warta run --feeds FILE [ARGS]`\n\n"
+            "`warta COMMAND --help` for a command's flags. Exit status: 0 done, 1 failed (nothing committed; "
+            "rerun),\n2 usage or configuration error (nothing done), 3 the lake is locked by another run.")
 
 
-def dispatch(argv: list[str]) -> int:
-    if argv[:1] == ["help"]:
+def selects_run(argv: list[str]) -> bool:
+    """Flags without a command run only when they say which feeds (``--feeds``, ``--example``)."""
+    return any(a == s or a.startswith(s + "=") for a in argv for s in RUN_SELECTORS)
+
+
+def dispatch(argv: list[str], flags_run: bool = False) -> int:
+    """``flags_run``: flags without a command are always ``warta run`` (``run_local.py``, for scripts)."""
+    if not argv:  # a tool's name alone asks what it is: never start a crawl
+        print(usage())
+        return EXIT_CONFIG
+    if argv[0] in ("help", "-h", "--help"):
         print(usage())
         return EXIT_OK
-    if argv in (["-h"], ["--help"]):  # the command list, then the flags of the default command (run)
-        print(usage() + "\n")
-    if not argv or argv[0].startswith("-"):
-        return run(argv)
+    if argv[0].startswith("-"):
+        if not (flags_run or selects_run(argv)):
+            print("warta: no command: `warta run ARGS` polls the feeds (config/feeds.yaml unless --feeds FILE), "
+                  "`warta --example` tries the sample outlets, `warta --help` lists the commands", file=sys.stderr)
+            return EXIT_CONFIG
+        argv = ["run", *argv]
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"warta: unknown command {name!r}\n{usage()}", file=sys.stderr)
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" (did you mean `warta {close[0]}`?)" if close else ""
+        print(f"warta: unknown command {name!r}{hint}; `warta --help` lists the commands", file=sys.stderr)
         return EXIT_CONFIG
     import importlib
     module, func = COMMANDS[name][0].split(":")
-    return getattr(importlib.import_module(module), func)(rest)
+    return call(f"warta {name}", getattr(importlib.import_module(module), func), rest)
 
 
-def main(argv: list[str] | None = None) -> None:
-    sys.exit(dispatch(sys.argv[1:] if argv is None else argv))
+def main(argv: list[str] | None = None, flags_run: bool = False) -> None:
+    sys.exit(dispatch(sys.argv[1:] if argv is None else argv, flags_run))

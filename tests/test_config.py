@@ -74,3 +74,46 @@ def test_runner_in_settings_is_a_known_name_or_a_beam_runner(tmp_path, runner, o
     else:
         with pytest.raises(ConfigError, match="unknown runner"):
             load_settings(p)
+
+
+def test_a_mistyped_feed_key_is_named_with_what_it_resembles(tmp_path):
+    f = tmp_path / "feeds.yaml"
+    f.write_text("feeds:\n  - name: kompas\n    ulr: https://kompas.example/feed\n")
+    with pytest.raises(ConfigError) as e:
+        load_feeds(f)
+    msg = str(e.value)
+    assert "feeds.0.ulr: unknown key (did you mean `url`?)" in msg
+    assert "feeds.0.url: missing (required)" in msg
+
+
+def test_every_problem_in_one_message(tmp_path):
+    s = tmp_path / "settings.yaml"
+    s.write_text("http:\n  host_dealy: 2\n  retries: many\nlake:\n  layout: days\nnerr: {}\n"
+                 "extract:\n  profiles:\n    example.com: {bodyy: //p}\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(s)
+    lines = str(e.value).splitlines()
+    assert lines[0] == f"{s}: 5 problems:"
+    assert {line.strip() for line in lines[1:]} >= {
+        "http.host_dealy: unknown key (did you mean `host_delay`?)",
+        "nerr: unknown key (did you mean `ner`?)",
+        "extract.profiles.example.com.bodyy: unknown key (did you mean `body`?)"}
+    assert any(line.strip().startswith("http.retries:") for line in lines)
+    assert any(line.strip().startswith("lake.layout:") for line in lines)
+    f = tmp_path / "feeds.yaml"
+    f.write_text("feeds:\n  - name: a\n    url: ftp://x/\n  - {name: b, url: 'http://y/', languge: en}\n"
+                 "  - {name: a, url: 'http://z/'}\n")
+    with pytest.raises(ConfigError) as e:
+        load_feeds(f)
+    assert [line.strip() for line in str(e.value).splitlines()[1:]] == [
+        "feeds.0.url: must be an http(s) URL", "feeds.1.languge: unknown key (did you mean `language`?)"]
+
+
+def test_a_feed_name_rule_is_said_in_words(tmp_path):
+    f = tmp_path / "feeds.yaml"
+    f.write_text("feeds:\n  - name: my feed\n    url: http://x/\n")
+    with pytest.raises(ConfigError) as e:
+        load_feeds(f)
+    msg = str(e.value)
+    assert "'my feed' is not a valid feed name: use letters, digits, '.', '_' and '-'" in msg and "no spaces" in msg
+    assert "[A-Za-z0-9]" not in msg and "pattern" not in msg

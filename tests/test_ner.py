@@ -32,7 +32,7 @@ from warta.transforms.segment import sentences
 
 def check_offsets(text: str, ents: list[dict]) -> None:
     for e in ents:
-        assert text[e["start_char"]:e["end_char"]] == e["text"]
+        assert text[e["start_char"]:e["end_char"]] == e["mention"]
         assert e["label"] in {"PER", "LOC", "ORG"} or e["label"].isupper()
 
 
@@ -47,7 +47,7 @@ def test_tiny_model_from_model_dir_tags_batches_with_exact_offsets(tiny_model_di
     assert len(found) == 2 and all(found)
     for text, ents in zip(texts, found):
         check_offsets(text, ents)
-    labels = {(e["text"], e["label"]) for ents in found for e in ents}
+    labels = {(e["mention"], e["label"]) for ents in found for e in ents}
     assert ("Paris", "LOC") in labels or ("London", "LOC") in labels
 
 
@@ -97,7 +97,7 @@ def test_shipped_model_tags_the_seed_article():
     tagger = Tagger(settings, {"id": model_paths("id", settings)})
     ents = tagger.tag([text], "id")[0]
     check_offsets(text, ents)
-    found = {(e["text"], e["label"]) for e in ents}
+    found = {(e["mention"], e["label"]) for e in ents}
     assert ("Vladimir Putin", "PER") in found
     assert ("Ukraina", "LOC") in found
     assert ("Kursk", "LOC") in found
@@ -129,7 +129,7 @@ def test_other_entity_types_are_dropped_with_offsets_kept(monkeypatch):
     tagger = Tagger(NerSettings(), {"en": {"ner_model_path": "unused"}})
     tagger._models["en"] = object()
     ents = tagger.tag([text], "en")[0]
-    assert [(e["text"], e["label"]) for e in ents] == [("Obama", "PER"), ("Paris", "LOC"), ("Google", "ORG")]
+    assert [(e["mention"], e["label"]) for e in ents] == [("Obama", "PER"), ("Paris", "LOC"), ("Google", "ORG")]
     check_offsets(text, ents)
 
 

@@ -1,7 +1,8 @@
 """Stage 4 — named entities with Stanza, on batches of documents.
 
 Text is split into sentences and tokens by :mod:`transforms.segment` (so every entity carries exact
-character offsets into ``text``) and handed to Stanza pre-tokenised. One model per language is loaded
+character offsets into ``text``; each entity gets its per-article ``canonical`` form, :mod:`transforms.entities`)
+and is handed to Stanza pre-tokenised. One model per language is loaded
 once per worker process, from local files only (never the network), on ``ner.device``. Where each
 language's model comes from: :func:`model_source`; Stanza's entity types become PER/LOC/ORG (``LABELS``).
 """
@@ -23,6 +24,7 @@ from typing import Any
 import apache_beam as beam
 
 from warta.config.settings import ConfigError, NerSettings
+from warta.transforms.entities import with_canonical
 from warta.transforms.outputs import batches, split
 from warta.transforms.records import error_from
 from warta.transforms.segment import sentences
@@ -399,7 +401,7 @@ class Tagger:
                 if label is None:
                     continue
                 start, end = spans[ent["start"]][0], spans[ent["end"]][1]
-                out[owners[j]].append({"text": text[start:end], "label": label, "start_char": start, "end_char": end})
+                out[owners[j]].append({"mention": text[start:end], "label": label, "start_char": start, "end_char": end})
         return out
 
 
@@ -447,7 +449,7 @@ class _TagFn(beam.DoFn):
                 found = [[] for _ in arts]
             for art, ents in zip(arts, found):
                 self.entities.inc(len(ents))
-                yield "articles", {**art, "entities": ents}
+                yield "articles", {**art, "entities": with_canonical(ents)}
 
 
 class _PreloadFn(beam.DoFn):
