@@ -53,7 +53,7 @@ def test_int8_and_fp32_tag_the_fixtures_with_the_same_entities():
     assert agreement(fp32, int8) >= 0.95
     for text, ents in zip(texts, int8):
         check_offsets(text, ents)
-        assert all(set(e) == {"text", "label", "start_char", "end_char"} for e in ents)
+        assert all(set(e) == {"mention", "label", "start_char", "end_char"} for e in ents)
     assert {e["label"] for ents in int8 for e in ents} == {e["label"] for ents in fp32 for e in ents}
 
 
