@@ -33,7 +33,7 @@ from warta.lake import faults
 from warta.lake.lock import LockLost
 from warta.lake.schema import ARTICLE_SCHEMA, ERROR_SCHEMA, new_run_id, upgrade_entities
 from warta.lake.state import ensure_datasets, record_schema
-from warta.lake.store import Store
+from warta.lake.store import Store, fsync_dir
 
 log = logging.getLogger(__name__)
 COMPACT_DIR = "_state/compact"
@@ -137,7 +137,7 @@ def rewrite_partition(store: Store, part: str, files: list[str], target_bytes: i
         buf = io.BytesIO()
         pq.write_table(table.slice(n * per_file, per_file), buf, compression="zstd", row_group_size=group,
                        write_statistics=True, sorting_columns=sort)
-        store.write_bytes(f"{stage}/{rel}", buf.getvalue())
+        store.write_bytes(f"{stage}/{rel}", buf.getvalue(), durable=True)
         out.append(rel)
     return out
 
@@ -148,15 +148,19 @@ def move(store: Store, src: str, dst: str) -> None:
     if store.is_local:
         store.fs.makedirs(posixpath.dirname(store.path(dst)), exist_ok=True)
         store.fs.mv(store.path(src), store.path(dst))
+        fsync_dir(posixpath.dirname(store.path(dst)))  # the rename is durable before the old files go
     else:
         store.fs.copy(store.path(src), store.path(dst))
         store.remove(src)
 
 
-def swap(store: Store, marker: dict) -> None:
-    """Steps 4–5: per partition, new files into place, then its old files removed. Safe to repeat."""
+def swap(store: Store, marker: dict, step: Callable[[], None] | None = None) -> None:
+    """Steps 4–5: per partition, new files into place, then its old files removed. Safe to repeat.
+    ``step`` (the lock's fencing check) runs before each partition: a holder that lost the lock stops."""
     stage = f"{COMPACT_DIR}/{marker['id']}"
     for _part, change in sorted(marker["partitions"].items()):
+        if step is not None:
+            step()
         for rel in change["new"]:
             if store.exists(f"{stage}/{rel}"):
                 move(store, f"{stage}/{rel}", rel)
@@ -196,7 +200,7 @@ def compact(store: Store, policy: Policy, prefixes: Iterable[str] = ("articles",
             raise
     marker = {"id": cid, "partitions": changes, "committed_at": datetime.now(timezone.utc).isoformat()}
     store.write_json(f"{stage}/COMMIT", marker)  # the commit point
-    swap(store, marker)
+    swap(store, marker, fence)
     stats["files_after"] = stats["files_before"] + sum(len(c["new"]) - len(c["old"]) for c in changes.values())
     return stats
 
@@ -205,8 +209,12 @@ def recover_compactions(store: Store) -> list[str]:
     """Finish compactions that passed their commit point; drop the staging of those that did not."""
     replayed = []
     for cid in sorted({p.split("/")[2] for p in store.list(COMPACT_DIR)}):
-        marker = store.read_json(f"{COMPACT_DIR}/{cid}/COMMIT")
-        if marker:
+        try:
+            marker = store.read_json(f"{COMPACT_DIR}/{cid}/COMMIT")
+        except (ValueError, UnicodeDecodeError) as e:  # cut or emptied: no commit point, the old files stand
+            log.warning("%s is unreadable (%s): treated as no commit point", store.full_url(f"{COMPACT_DIR}/{cid}/COMMIT"), e)
+            marker = None
+        if isinstance(marker, dict) and isinstance(marker.get("partitions"), dict):
             log.warning("completing compaction %s, which was interrupted after its commit point", cid)
             swap(store, marker)
             replayed.append(cid)

@@ -121,10 +121,10 @@ def _setup(ns: argparse.Namespace, feeds_path: Path | None) -> tuple[Settings, l
 
 def run_pipeline(store: Store, settings: Settings, feeds: list, options, ns: argparse.Namespace,
                  build: Callable[[beam.Pipeline, Plan], Any] | None, state: dict[str, Any],
-                 fence: Callable[[], None], extra_stats: Callable[[Store, str], dict[str, int]] | None = None
+                 lock: RunLock, extra_stats: Callable[[Store, str], dict[str, int]] | None = None
                  ) -> dict[str, Any]:
-    """One bounded run: ``build`` the pipeline (if any), stage the ``state`` files, commit (``fence``: the
-    lock's check). Returns the stats (``extra_stats`` adds counts read from the staged files before they go)."""
+    """One bounded run: ``build`` the pipeline (if any), stage the ``state`` files, commit (fenced by the
+    run's ``lock``). Returns the stats (``extra_stats`` adds counts read from the staged files before they go)."""
     run_id = new_run_id()
     if build is not None:
         workers, ner_batching, join_sinks = parallel_layout(options, ns.runner, settings)
@@ -137,7 +137,7 @@ def run_pipeline(store: Store, settings: Settings, feeds: list, options, ns: arg
     stats.pop("languages")
     if extra_stats:
         stats.update(extra_stats(store, run_id))
-    commit(store, run_id, stats, settings.dedup.window_days, fence=fence)
+    commit(store, run_id, stats, settings.dedup.window_days, lock=lock)
     return stats
 
 
@@ -153,8 +153,8 @@ def _run(argv: list[str], parser: Callable[[], argparse.ArgumentParser], body) -
                                quiet=not ns.verbose)
         settings = sized_to_machine(settings, options, ns.runner)
         with lock_or_exit(), RunLock(store, new_run_id(), ttl=settings.lock_ttl) as lock:
-            recover(store, settings.dedup.window_days)
-            summary = body(ns, settings, feeds, store, options, lock.check)
+            recover(store, settings.dedup.window_days, lock)
+            summary = body(ns, settings, feeds, store, options, lock)
     log.info(summary)  # the last line, after a local dask cluster's shutdown notices
     return EXIT_OK
 
@@ -179,7 +179,7 @@ def take_chunk(pending: list[dict[str, Any]], size: int, seconds: float, delay: 
     return chunk
 
 
-def _backfill(ns, settings: Settings, feeds: list, store: Store, options, fence) -> str:
+def _backfill(ns, settings: Settings, feeds: list, store: Store, options, lock: RunLock) -> str:
     t0 = time.monotonic()
     deadline = t0 + ns.max_run_time
     c = Counter()
@@ -193,7 +193,7 @@ def _backfill(ns, settings: Settings, feeds: list, store: Store, options, fence)
             d.run(client, deadline)
             c["discovered"] += len(d.entries) - before
             c.update({k: d.counts[k] - counts[k] for k in d.counts})
-            run_pipeline(store, settings, feeds, options, ns, None, {state_file(d.feed): d.state()}, fence)
+            run_pipeline(store, settings, feeds, options, ns, None, {state_file(d.feed): d.state()}, lock)
         ready = [d for d in found if d.done]
         seen, failures, now = load_index(store).url_keys, load_failures(store), utcnow()
         for d in ready:  # in the lake (polled, archived, backfilled before) or failed and not due yet: no request
@@ -215,7 +215,7 @@ def _backfill(ns, settings: Settings, feeds: list, store: Store, options, fence)
             for k in keys:
                 del owner[k].entries[k]
             stats = run_pipeline(store, settings, feeds, options, ns, _chunk_builder(chunk),
-                                 {state_file(d.feed): d.state() for d in touched}, fence)
+                                 {state_file(d.feed): d.state() for d in touched}, lock)
             c.update({k: stats[k] for k in ("pages_fetched", "articles_written", "errors_written", "entities")})
             pending = [(k, e) for k, e in pending if k not in keys]
     finally:
@@ -252,7 +252,7 @@ def warc_urls(paths: list[str], storage_options: dict[str, Any]) -> list[str]:
     return sorted({f.fs.unstrip_protocol(f.path) for f in files})
 
 
-def _archive(ns, settings: Settings, feeds: list, store: Store, options, fence) -> str:
+def _archive(ns, settings: Settings, feeds: list, store: Store, options, lock: RunLock) -> str:
     t0 = time.monotonic()
     sites = sites_from(feeds, ns.domains.split(",") if ns.domains else [])
     urls = warc_urls(ns.warc, settings.storage_options)
@@ -266,7 +266,7 @@ def _archive(ns, settings: Settings, feeds: list, store: Store, options, fence) 
                                          groups=plan.workers))
         return process_pages(read.pages, plan, errors=[read.errors])
 
-    stats = run_pipeline(store, settings, feeds, options, ns, build, {}, fence, extra_stats=warc_counts)
+    stats = run_pipeline(store, settings, feeds, options, ns, build, {}, lock, extra_stats=warc_counts)
     skipped = " ".join(f"{k.replace('_', '-')}={stats.get(k, 0)}" for k in SKIPS)
     return (f"warta archive: files={len(urls)} records={stats.get('records', 0)} | skipped {skipped} "
             f"| pages read={stats.get('pages', 0)} extracted={stats['pages_extracted']} "
