@@ -29,7 +29,7 @@ import fsspec
 from warta.config.settings import DEFAULT_FEEDS, ConfigError, Settings, load_feeds
 from warta.lake.commit import RunLock, commit, new_run_id, recover, summarize_staged
 from warta.lake.failures import load_failures
-from warta.lake.schema import staging_dir
+from warta.lake.schema import ERROR_SCHEMA, staging_dir
 from warta.lake.state import key64, load_index
 from warta.lake.store import Store
 from warta.net.http import HttpClient
@@ -52,6 +52,7 @@ from warta.transforms.fetch import host_pace
 from warta.transforms.ner import PreloadModels
 from warta.transforms.records import utcnow
 from warta.transforms.warc import SKIPS, ReadWarc, sites_from, warc_counts
+from warta.transforms.write import partition_of, rows_table
 
 log = logging.getLogger("warta")
 STATE_DIR = "backfill"  # under _state/ once committed
@@ -121,8 +122,8 @@ def _setup(ns: argparse.Namespace, feeds_path: Path | None) -> tuple[Settings, l
 
 def run_pipeline(store: Store, settings: Settings, feeds: list, options, ns: argparse.Namespace,
                  build: Callable[[beam.Pipeline, Plan], Any] | None, state: dict[str, Any],
-                 lock: RunLock, extra_stats: Callable[[Store, str], dict[str, int]] | None = None
-                 ) -> dict[str, Any]:
+                 lock: RunLock, extra_stats: Callable[[Store, str], dict[str, int]] | None = None,
+                 errors: list[dict[str, Any]] = ()) -> dict[str, Any]:
     """One bounded run: ``build`` the pipeline (if any), stage the ``state`` files, commit (fenced by the
     run's ``lock``). Returns the stats (``extra_stats`` adds counts read from the staged files before they go)."""
     run_id = new_run_id()
@@ -133,6 +134,12 @@ def run_pipeline(store: Store, settings: Settings, feeds: list, options, ns: arg
         execute(build, plan, options, ns.runner, ns.verbose)
     for rel, obj in state.items():
         store.write_json(f"{staging_dir(run_id)}/{rel}", obj)
+    by_day: dict[str, list] = {}
+    for row in errors:  # discovery's own error rows (a corrupt sitemap)
+        by_day.setdefault(partition_of(row, "errors"), []).append(row)
+    for part, rows in by_day.items():
+        store.write_table(f"{staging_dir(run_id)}/errors/{part}/part-{run_id}-discovery.parquet",
+                          rows_table(rows, ERROR_SCHEMA, "url"))
     stats = {"run_id": run_id, **summarize_staged(store, run_id)}
     stats.pop("languages")
     if extra_stats:
@@ -192,8 +199,10 @@ def _backfill(ns, settings: Settings, feeds: list, store: Store, options, lock: 
             before, counts = len(d.entries), dict(d.counts)
             d.run(client, deadline)
             c["discovered"] += len(d.entries) - before
-            c.update({k: d.counts[k] - counts[k] for k in d.counts})
-            run_pipeline(store, settings, feeds, options, ns, None, {state_file(d.feed): d.state()}, lock)
+            c.update({k: d.counts[k] - counts.get(k, 0) for k in d.counts})
+            run_pipeline(store, settings, feeds, options, ns, None, {state_file(d.feed): d.state()}, lock,
+                         errors=d.errors)
+            d.errors = []
         ready = [d for d in found if d.done]
         seen, failures, now = load_index(store).url_keys, load_failures(store), utcnow()
         for d in ready:  # in the lake (polled, archived, backfilled before) or failed and not due yet: no request
