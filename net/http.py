@@ -258,14 +258,27 @@ META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([\w.:-]+)", re.I)
 XML_ENCODING = re.compile(rb"^\s*<\?xml[^>]+encoding\s*=\s*[\"']([\w.:-]+)")
 
 
+# the WHATWG Encoding Standard's text encodings, by Python codec name: a label naming anything else (zlib,
+# base64, rot13, uu, punycode...) is no charset here, whatever Python's codec registry would do with it
+TEXT_CODECS = frozenset((
+    "utf-8", "cp866", "iso8859-2", "iso8859-3", "iso8859-4", "iso8859-5", "iso8859-6", "iso8859-7", "iso8859-8",
+    "iso8859-10", "iso8859-13", "iso8859-14", "iso8859-15", "iso8859-16", "koi8-r", "koi8-u", "mac-roman",
+    "cp874", "cp1250", "cp1251", "cp1252", "cp1253", "cp1254", "cp1255", "cp1256", "cp1257", "cp1258",
+    "mac-cyrillic", "gbk", "gb18030", "big5", "euc_jp", "iso2022_jp", "shift_jis", "euc_kr", "utf-16-be",
+    "utf-16-le"))
+WHATWG_ALIASES = {"iso8859-1": "cp1252", "ascii": "cp1252", "iso8859-9": "cp1254", "iso8859-11": "cp874",
+                  "tis-620": "cp874", "gb2312": "gbk", "utf-16": "utf-16-le", "cp949": "euc_kr"}
+
+
 def codec_name(label: str | None) -> str | None:
-    """Python's name for a charset label; None when unknown. Like browsers (WHATWG Encoding), ``iso-8859-1``
-    and ``us-ascii`` labels mean windows-1252."""
+    """Python's name for a charset label; None when unknown or not a WHATWG text encoding. Like browsers
+    (WHATWG Encoding), ``iso-8859-1`` and ``us-ascii`` labels mean windows-1252."""
     try:
         name = codecs.lookup(label.strip()).name if label else None
-    except LookupError:
+    except (LookupError, ValueError, TypeError):
         return None
-    return "cp1252" if name in ("iso8859-1", "ascii") else name
+    name = WHATWG_ALIASES.get(name, name)
+    return name if name in TEXT_CODECS else None
 
 
 def utf8_counts(body: bytes) -> tuple[int, int]:
