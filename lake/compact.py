@@ -5,7 +5,9 @@ Runs under the output's lock, with a commit protocol shaped like a run's (:mod:`
 1. plan: partitions holding several files, at least one not yet compacted; partitions past retention
    (a ``month=`` partition once all of its month is: its rows are kept up to a month past retention);
 2. the new files written under ``_state/compact/<id>/<partition>/`` (rows sorted by ``published_at``,
-   errors by ``at``; zstd; row groups of about 32 MB; statistics on);
+   errors by ``at``; zstd; row groups of about 32 MB; statistics on). A partition over ``SORT_IN_MEMORY_BYTES``
+   on disk is streamed instead, record batch by record batch (memory: one batch and one output file's
+   buffer), its files one after the other, each in its own order: not sorted across files;
 3. ``COMMIT`` marker listing, per partition, the new files and the old files they replace — the commit point;
 4. partition by partition: the new files moved into place, then that partition's old files deleted;
 5. the staging folder removed.
@@ -40,6 +42,7 @@ COMPACT_DIR = "_state/compact"
 DATASETS = {"articles": (ARTICLE_SCHEMA, ["published_at", "fetched_at", "article_id"]),
             "errors": (ERROR_SCHEMA, ["at", "url", "stage"])}
 ROW_GROUP_BYTES = 32 * 2**20
+SORT_IN_MEMORY_BYTES = 256 * 2**20  # a partition this large on disk (compressed) is streamed, not sorted whole
 _DAY = re.compile(r"(?:^|/)(?:ingest_)?date=(\d{4}-\d{2}-\d{2})(?:/|$)")
 _MONTH = re.compile(r"(?:^|/)month=(\d{4})-(\d{2})(?:/|$)")
 
@@ -119,9 +122,19 @@ def unified(tables: list[pa.Table], base: pa.Schema) -> pa.Table:
     return pa.concat_tables([conform(t) for t in tables], promote_options="default").select(schema.names)
 
 
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns, in order (missing ones null)."""
+    cols = [table.column(f.name).cast(f.type) if f.name in table.schema.names else pa.nulls(table.num_rows, f.type)
+            for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
 def rewrite_partition(store: Store, part: str, files: list[str], target_bytes: int, stage: str) -> list[str]:
     """Write the partition's rows, sorted, as files of about ``target_bytes`` under ``stage``; returns
-    the names the new files will have in the lake."""
+    the names the new files will have in the lake. Partitions over ``SORT_IN_MEMORY_BYTES`` are streamed
+    (:func:`stream_partition`)."""
+    if sum(store.fs.size(store.path(f)) for f in files) > SORT_IN_MEMORY_BYTES:
+        return stream_partition(store, part, files, target_bytes, stage)
     schema, order = DATASETS[part.split("/", 1)[0]]
     blobs = [store.read_bytes(f) for f in files]
     table = unified([upgrade_entities(pq.read_table(io.BytesIO(b))) for b in blobs], schema)
@@ -139,6 +152,50 @@ def rewrite_partition(store: Store, part: str, files: list[str], target_bytes: i
                        write_statistics=True, sorting_columns=sort)
         store.write_bytes(f"{stage}/{rel}", buf.getvalue(), durable=True)
         out.append(rel)
+    return out
+
+
+def stream_partition(store: Store, part: str, files: list[str], target_bytes: int, stage: str,
+                     batch_rows: int = 8192) -> list[str]:
+    """Bounded-memory rewrite: each file read by record batches (``batch_rows``) and written to output
+    files of about ``target_bytes``; memory holds one batch and one output file's compressed buffer."""
+    base, _ = DATASETS[part.split("/", 1)[0]]
+    metas = []
+    for f in files:
+        with store.fs.open(store.path(f), "rb") as fh:
+            metas.append(pq.ParquetFile(fh).metadata)
+    schema = pa.unify_schemas([base, *(m.schema.to_arrow_schema() for m in metas)], promote_options="permissive")
+    rows = sum(m.num_rows for m in metas)
+    row_bytes = max(1.0, sum(store.fs.size(store.path(f)) for f in files) / max(1, rows))
+    per_file = max(1, int(target_bytes / row_bytes))
+    group = max(1024, min(per_file, int(ROW_GROUP_BYTES / row_bytes)))
+    cid, out = posixpath.basename(stage), []
+    state = {"buf": None, "writer": None, "rows": 0}
+
+    def close() -> None:
+        if state["writer"] is not None:
+            state["writer"].close()
+            rel = f"{part}/compact-{cid}-{len(out):04d}.parquet"
+            store.write_bytes(f"{stage}/{rel}", state["buf"].getvalue(), durable=True)
+            out.append(rel)
+            state.update(buf=None, writer=None, rows=0)
+
+    for f in files:
+        with store.fs.open(store.path(f), "rb") as fh:
+            for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows):
+                table = conform(pa.Table.from_batches([batch]), schema)
+                while table.num_rows:
+                    if state["writer"] is None:
+                        state["buf"] = io.BytesIO()
+                        state["writer"] = pq.ParquetWriter(state["buf"], schema, compression="zstd",
+                                                           write_statistics=True)
+                    take = min(per_file - state["rows"], table.num_rows)
+                    state["writer"].write_table(table.slice(0, take), row_group_size=group)
+                    state["rows"] += take
+                    table = table.slice(take)
+                    if state["rows"] >= per_file:
+                        close()
+    close()
     return out
 
 
