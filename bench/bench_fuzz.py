@@ -2,7 +2,7 @@
 
     python bench/bench_fuzz.py --worlds 100 [--seed 0] [--out bench/results/fuzz.json]
 
-Each world is one healthy outlet and 2-8 hostile hosts on loopback; one in-process `warta run` (DirectFnRunner,
+Each world is one healthy outlet and 3-8 hostile hosts on loopback; one in-process `warta run` (DirectFnRunner,
 one worker, NER off) goes through it. A world fails when the run does not exit 0, misses the healthy outlet's
 articles, leaves an entry unaccounted (not exactly one of article/duplicate, error row, backlog), or overruns
 the budget. Reported: worlds and hosts tried, entries checked, failures (with the world that failed), seconds.
@@ -12,6 +12,7 @@ Needs no shared data.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import sys
 import tempfile
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     def one(world):
         tally["worlds"] += 1
         tally["hosts"] += len(world)
+        faulthandler.dump_traceback_later(180, exit=True)  # a hung world: every thread's stack, then exit
         try:
             got = fuzz.run_world(world, servers, Path(tempfile.mkdtemp(prefix="warta-fuzz-")))
             tally["entries"] += got["entries"]
@@ -51,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # a failure is counted and reported, not shrunk
             tally["failures"].append({"error": f"{type(e).__name__}: {e}"[:500], "world": repr(world)[:4000],
                                       "trace": traceback.format_exc()[-1500:]})
+            print("FAILED", tally["failures"][-1]["error"], tally["failures"][-1]["world"], file=sys.stderr)
+        finally:
+            faulthandler.cancel_dump_traceback_later()
         print(f"worlds {tally['worlds']} hosts {tally['hosts']} entries {tally['entries']} "
               f"failures {len(tally['failures'])} | {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
 
