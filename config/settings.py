@@ -240,14 +240,21 @@ def load_feeds(path: str | Path) -> list[Feed]:
         if not isinstance(item, dict):
             problems.append(f"feeds.{i}: expected a mapping with `name` and `url`")
             continue
+        odd = [k for k in item if not isinstance(k, str)]
+        if odd:
+            problems.append(f"feeds.{i}: keys must be names such as `name` and `url`, not {odd[0]!r}")
+            continue
         try:
             feeds.append(Feed(**item))
         except ValidationError as err:
             problems += _all_errors(path, err, Feed, ("feeds", i))
-    names = [f.name for f in feeds]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    # names become folder names (state files, partitions): unique also on case-insensitive file systems
+    folded: dict[str, list[str]] = {}
+    for f in feeds:
+        folded.setdefault(f.name.casefold(), []).append(f.name)
+    dupes = sorted(" = ".join(names) for names in folded.values() if len(names) > 1)
     if dupes:
-        problems.append(f"feed names must be unique: {', '.join(dupes)}")
+        problems.append(f"feed names must be unique, ignoring case: {', '.join(dupes)}")
     if problems:
         raise _config_error(path, problems)
     return feeds
@@ -264,8 +271,13 @@ def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = No
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
+        for n, p in enumerate(parents):
+            if node.get(p) is None:  # `http:` left empty (null) in the file
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise ConfigError(f"{path or 'settings'}: {'.'.join(parents[:n + 1])}: expected a mapping "
+                                  f"of settings, not {node[p]!r} (needed for the override {dotted})")
+            node = node[p]
         node[leaf] = value
     try:
         return Settings(**data)

@@ -29,7 +29,7 @@ import fsspec
 from warta.config.settings import DEFAULT_FEEDS, ConfigError, Settings, load_feeds
 from warta.lake.commit import RunLock, commit, new_run_id, recover, summarize_staged
 from warta.lake.failures import load_failures
-from warta.lake.schema import staging_dir
+from warta.lake.schema import ERROR_SCHEMA, staging_dir
 from warta.lake.state import key64, load_index
 from warta.lake.store import Store
 from warta.net.http import HttpClient
@@ -52,6 +52,7 @@ from warta.transforms.fetch import host_pace
 from warta.transforms.ner import PreloadModels
 from warta.transforms.records import utcnow
 from warta.transforms.warc import SKIPS, ReadWarc, sites_from, warc_counts
+from warta.transforms.write import partition_of, rows_table
 
 log = logging.getLogger("warta")
 STATE_DIR = "backfill"  # under _state/ once committed
@@ -121,10 +122,10 @@ def _setup(ns: argparse.Namespace, feeds_path: Path | None) -> tuple[Settings, l
 
 def run_pipeline(store: Store, settings: Settings, feeds: list, options, ns: argparse.Namespace,
                  build: Callable[[beam.Pipeline, Plan], Any] | None, state: dict[str, Any],
-                 fence: Callable[[], None], extra_stats: Callable[[Store, str], dict[str, int]] | None = None
-                 ) -> dict[str, Any]:
-    """One bounded run: ``build`` the pipeline (if any), stage the ``state`` files, commit (``fence``: the
-    lock's check). Returns the stats (``extra_stats`` adds counts read from the staged files before they go)."""
+                 lock: RunLock, extra_stats: Callable[[Store, str], dict[str, int]] | None = None,
+                 errors: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """One bounded run: ``build`` the pipeline (if any), stage the ``state`` files, commit (fenced by the
+    run's ``lock``). Returns the stats (``extra_stats`` adds counts read from the staged files before they go)."""
     run_id = new_run_id()
     if build is not None:
         workers, ner_batching, join_sinks = parallel_layout(options, ns.runner, settings)
@@ -133,11 +134,17 @@ def run_pipeline(store: Store, settings: Settings, feeds: list, options, ns: arg
         execute(build, plan, options, ns.runner, ns.verbose)
     for rel, obj in state.items():
         store.write_json(f"{staging_dir(run_id)}/{rel}", obj)
+    by_day: dict[str, list] = {}
+    for row in errors:  # discovery's own error rows (a corrupt sitemap)
+        by_day.setdefault(partition_of(row, "errors"), []).append(row)
+    for part, rows in by_day.items():
+        store.write_table(f"{staging_dir(run_id)}/errors/{part}/part-{run_id}-discovery.parquet",
+                          rows_table(rows, ERROR_SCHEMA, "url"))
     stats = {"run_id": run_id, **summarize_staged(store, run_id)}
     stats.pop("languages")
     if extra_stats:
         stats.update(extra_stats(store, run_id))
-    commit(store, run_id, stats, settings.dedup.window_days, fence=fence)
+    commit(store, run_id, stats, settings.dedup.window_days, lock=lock)
     return stats
 
 
@@ -153,8 +160,8 @@ def _run(argv: list[str], parser: Callable[[], argparse.ArgumentParser], body) -
                                quiet=not ns.verbose)
         settings = sized_to_machine(settings, options, ns.runner)
         with lock_or_exit(), RunLock(store, new_run_id(), ttl=settings.lock_ttl) as lock:
-            recover(store, settings.dedup.window_days)
-            summary = body(ns, settings, feeds, store, options, lock.check)
+            recover(store, settings.dedup.window_days, lock)
+            summary = body(ns, settings, feeds, store, options, lock)
     log.info(summary)  # the last line, after a local dask cluster's shutdown notices
     return EXIT_OK
 
@@ -179,7 +186,7 @@ def take_chunk(pending: list[dict[str, Any]], size: int, seconds: float, delay: 
     return chunk
 
 
-def _backfill(ns, settings: Settings, feeds: list, store: Store, options, fence) -> str:
+def _backfill(ns, settings: Settings, feeds: list, store: Store, options, lock: RunLock) -> str:
     t0 = time.monotonic()
     deadline = t0 + ns.max_run_time
     c = Counter()
@@ -192,8 +199,10 @@ def _backfill(ns, settings: Settings, feeds: list, store: Store, options, fence)
             before, counts = len(d.entries), dict(d.counts)
             d.run(client, deadline)
             c["discovered"] += len(d.entries) - before
-            c.update({k: d.counts[k] - counts[k] for k in d.counts})
-            run_pipeline(store, settings, feeds, options, ns, None, {state_file(d.feed): d.state()}, fence)
+            c.update({k: d.counts[k] - counts.get(k, 0) for k in d.counts})
+            run_pipeline(store, settings, feeds, options, ns, None, {state_file(d.feed): d.state()}, lock,
+                         errors=d.errors)
+            d.errors = []
         ready = [d for d in found if d.done]
         seen, failures, now = load_index(store).url_keys, load_failures(store), utcnow()
         for d in ready:  # in the lake (polled, archived, backfilled before) or failed and not due yet: no request
@@ -215,7 +224,7 @@ def _backfill(ns, settings: Settings, feeds: list, store: Store, options, fence)
             for k in keys:
                 del owner[k].entries[k]
             stats = run_pipeline(store, settings, feeds, options, ns, _chunk_builder(chunk),
-                                 {state_file(d.feed): d.state() for d in touched}, fence)
+                                 {state_file(d.feed): d.state() for d in touched}, lock)
             c.update({k: stats[k] for k in ("pages_fetched", "articles_written", "errors_written", "entities")})
             pending = [(k, e) for k, e in pending if k not in keys]
     finally:
@@ -252,7 +261,7 @@ def warc_urls(paths: list[str], storage_options: dict[str, Any]) -> list[str]:
     return sorted({f.fs.unstrip_protocol(f.path) for f in files})
 
 
-def _archive(ns, settings: Settings, feeds: list, store: Store, options, fence) -> str:
+def _archive(ns, settings: Settings, feeds: list, store: Store, options, lock: RunLock) -> str:
     t0 = time.monotonic()
     sites = sites_from(feeds, ns.domains.split(",") if ns.domains else [])
     urls = warc_urls(ns.warc, settings.storage_options)
@@ -266,7 +275,7 @@ def _archive(ns, settings: Settings, feeds: list, store: Store, options, fence) 
                                          groups=plan.workers))
         return process_pages(read.pages, plan, errors=[read.errors])
 
-    stats = run_pipeline(store, settings, feeds, options, ns, build, {}, fence, extra_stats=warc_counts)
+    stats = run_pipeline(store, settings, feeds, options, ns, build, {}, lock, extra_stats=warc_counts)
     skipped = " ".join(f"{k.replace('_', '-')}={stats.get(k, 0)}" for k in SKIPS)
     return (f"warta archive: files={len(urls)} records={stats.get('records', 0)} | skipped {skipped} "
             f"| pages read={stats.get('pages', 0)} extracted={stats['pages_extracted']} "

@@ -71,7 +71,7 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
     store = Store(output, settings.storage_options)
     run_id = new_run_id()
     with RunLock(store, run_id, ttl=settings.lock_ttl) as lock:
-        recover(store, settings.dedup.window_days)
+        recover(store, settings.dedup.window_days, lock)
         taken, backlog = read_backlog(store)
         options = beam_options(beam_args, runner, dask_address, workers, quiet=not verbose)
         settings = sized_to_machine(settings, options, runner)
@@ -89,7 +89,7 @@ def run_once(feeds, settings: Settings, output: str, beam_args: list[str], runne
         if settings.ner.enabled:
             stats["model_load_s"] = progress.model_load_s  # summed over the worker processes
         stats["seconds"] = round(time.monotonic() - t0, 2)
-        manifest = commit(store, run_id, stats, settings.dedup.window_days, backlog_taken=taken, fence=lock.check)
+        manifest = commit(store, run_id, stats, settings.dedup.window_days, backlog_taken=taken, lock=lock)
         compact_after_run(store, settings.lake, manifest["files"], fence=lock.check)
     log.info(summary_line(stats, stats["seconds"]))
     return stats

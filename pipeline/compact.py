@@ -66,7 +66,7 @@ def compact_command(argv: list[str]) -> int:
     t0 = time.monotonic()
     store = lake_or_exit(ns.output, settings)
     with lock_or_exit(), RunLock(store, new_run_id(), ttl=settings.lock_ttl) as lock:
-        recover(store, settings.dedup.window_days)
+        recover(store, settings.dedup.window_days, lock)
         stats = compact(store, policy, [p.rstrip("/") for p in ns.partition] or ("articles", "errors"),
                         fence=lock.check)
         record_lake_schema(store, settings.lake.layout)

@@ -175,7 +175,15 @@ def render(m: Metrics) -> str:
                "runs": _html(runs_figure(m)) if m.runs else ""}
     return env.get_template("report.html.j2").render(
         m=m, figures=figures, key=key_numbers(m), plotly_js=get_plotlyjs(), untagged=untagged_line(m),
-        metrics_json=m.to_json().replace("</", "<\\/"))
+        metrics_json=script_safe_json(m.to_json()))
+
+
+def script_safe_json(text: str) -> str:
+    """JSON to embed in a ``<script>`` element: ``<``, ``>``, ``&`` and the line separators as ``\\u`` escapes
+    (still the same JSON), so no ``</script>``, ``<!--`` or ``<script`` in the data can end or reopen it."""
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text
 
 
 @command("warta report")

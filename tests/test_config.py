@@ -34,6 +34,9 @@ def test_overrides_and_errors(tmp_path):
     ("feeds:\n  - name: a\n    url: http://x/\n  - name: a\n    url: http://y/", "unique"),
     ("feeds:\n  - name: a\n    url: http://x/\n    language: indonesian", "feeds.0.language"),
     ("- just a list", "mapping"),
+    ("feeds:\n  - name: Kompas\n    url: http://x/\n  - name: kompas\n    url: http://y/", "unique, ignoring case"),
+    ("feeds:\n  - name: a\n    url: http://x/\n    1: 2", "feeds.0: keys must be names"),
+    ("feeds:\n  - name: a\n    url: http://x/\n    ? [1, 2]\n    : 3", "invalid YAML"),
 ])
 def test_bad_feeds_files(tmp_path, text, match):
     f = tmp_path / "feeds.yaml"
@@ -117,3 +120,19 @@ def test_a_feed_name_rule_is_said_in_words(tmp_path):
     msg = str(e.value)
     assert "'my feed' is not a valid feed name: use letters, digits, '.', '_' and '-'" in msg and "no spaces" in msg
     assert "[A-Za-z0-9]" not in msg and "pattern" not in msg
+
+
+def test_null_sections_with_overrides_and_the_cli_exit_2(tmp_path, capsys):
+    from warta.pipeline.cli import run
+    f = tmp_path / "s.yaml"
+    f.write_text("http: null\nner: 3\n")
+    with pytest.raises(ConfigError, match="ner: expected a mapping of settings"):
+        load_settings(f, {"ner.enabled": False})
+    f.write_text("http: null\n")
+    assert load_settings(f, {"http.total_timeout": 3}).http.total_timeout == 3  # an empty section, then the flag
+    with pytest.raises(ConfigError, match="http"):
+        load_settings(f)
+    feeds = tmp_path / "feeds.yaml"
+    feeds.write_text("feeds:\n  - name: a\n    url: http://x/\n    1: 2\n")
+    code = run(["--feeds", str(feeds), "--config", str(f), "--output", str(tmp_path / "out"), "--timeout", "3"])
+    assert code == 2 and "Traceback" not in capsys.readouterr().err

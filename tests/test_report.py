@@ -278,3 +278,11 @@ def test_other_partition_layouts_give_the_same_numbers(lake, tmp_path, partition
     assert a.window == b.window
     for name in ("articles_per_day", "feed_health", "errors_by_stage", "syndication", "entities", "runs"):
         assert getattr(b, name) == getattr(a, name), name
+
+
+def test_embedded_json_escapes_every_angle_bracket():
+    from warta.pipeline.report import script_safe_json
+    data = {"title": "</script><script>alert(1)</script><!-- x", "a&b": "\\<\u2028", "n": [1, "<SCRIPT"]}
+    text = script_safe_json(json.dumps(data))
+    assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
+    assert json.loads(text) == data
