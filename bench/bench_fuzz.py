@@ -23,9 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
-
 import test_fuzz_world as fuzz  # noqa: E402
+from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,7 +194,7 @@ def test_429_while_discovering_leaves_the_frontier_for_the_next_run(server, clie
     d.run(client, deadline=float("inf"))
     assert not d.done and [f["url"] for f in d.frontier] == [server.base + "/s1.xml", server.base + "/s2.xml"]
     state = json.loads(json.dumps(d.state()))
-    server.routes[f"/s1.xml"] = Route(f"<urlset {SM}><url><loc>{server.base}/a/1</loc></url></urlset>",
+    server.routes["/s1.xml"] = Route(f"<urlset {SM}><url><loc>{server.base}/a/1</loc></url></urlset>",
                                       "application/xml")
     again = Discovery.resume(d.feed, d.since, None, state)
     fresh = HttpClient(HttpSettings(host_delay=0, retries=0, total_timeout=5))  # the next run's client

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import calendar
 import logging
+import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urljoin
-
-import re
 
 import apache_beam as beam
 import feedparser
