@@ -224,7 +224,7 @@ def test_an_unloadable_model_fails_the_run_before_anything_commits(world, tmp_pa
                           str(world.feeds_yaml(tmp_path / "feeds.yaml", "kabar")), "--config", str(config),
                           "--output", str(out), "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2, res.stderr[-3000:]
-    assert "warta: configuration error: the 'id' NER model does not load on worker" in res.stderr
+    assert "configuration error: the 'id' NER model does not load on worker" in res.stderr, res.stderr[-3000:]
     assert not (out / "articles").exists() and not (out / "errors").exists()
     assert not list((out / "_state").glob("runs/*.json"))
 
