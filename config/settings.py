@@ -101,7 +101,8 @@ class NerSettings(Strict):
     languages: dict[str, dict[str, str]] = Field({}, description="explicit Stanza paths per language, e.g. "
                                                  "{en: {ner_model_path: ..., ner_pretrain_path: ...}}")
     batch_size: int = Field(32, ge=1, description="documents per NER batch on CPU")
-    parallelism: int = Field(8, ge=1, description="NER batch groups on runners that batch through a shuffle")
+    parallelism: int = Field(8, ge=1, description="when set, Dask shuffles articles into 4x this many NER "
+                             "groups; else the fallback when warta cannot read the runner's size")
     threads: int | None = Field(None, ge=1, description="torch threads per worker process; default: CPUs / "
                                 "worker processes")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when torch sees a GPU")
@@ -163,9 +164,11 @@ class Settings(Strict):
     lake: LakeSettings = LakeSettings()
     max_items_per_feed: int = Field(500, ge=1, description="new entries taken per feed per poll; the rest wait")
     parallelism: int | None = Field(None, ge=1, description="host groups fetched and processed in parallel; "
-                                    "default: the runner's worker count (--direct_num_workers, local Dask: 2), else 8")
-    storage_options: dict[str, Any] = Field({}, description="passed to fsspec (endpoint_url, key, secret, ...); "
-                                            "fsspec's own environment config works too")
+                                    "default: the runner's slots (DirectRunner worker processes, the Dask cluster's "
+                                    "threads, Flink --parallelism, Dataflow --max_num_workers), else ner.parallelism")
+    storage_options: dict[str, Any] = Field({}, description="passed to fsspec (endpoint_url, key, secret, ...) and "
+                                            "pickled into the job when set; unset, every worker uses its own "
+                                            "environment (fsspec/cloud defaults)")
     min_text_chars: int = Field(200, ge=0, description="shorter extracted bodies are an extract error")
     lock_ttl: float = Field(3600.0, gt=0, description="seconds after which another run may take over a silent lock")
     runner: str = Field("direct", description="Beam runner when --runner is not given: direct, dask, or a "

@@ -129,8 +129,11 @@ def run(argv: list[str] | None = None) -> int:
             if ns.every:
                 return run_every(ns.every, feeds, settings, ns.output, beam_args, ns.runner, dask_address,
                                  workers, ns.max_run_time or max(ns.every, MIN_EVERY_RUN_TIME), ns.verbose)
-            run_once(feeds, settings, ns.output, beam_args, ns.runner, dask_address, workers,
-                     ns.max_run_time or DEFAULT_RUN_TIME, ns.verbose)
+            try:
+                run_once(feeds, settings, ns.output, beam_args, ns.runner, dask_address, workers,
+                         ns.max_run_time or DEFAULT_RUN_TIME, ns.verbose)
+            except ConfigError as e:  # found by a worker (a NER model it cannot load): nothing was committed
+                raise Exit(EXIT_CONFIG, f"configuration error: {e}") from None
     return EXIT_OK
 
 

@@ -282,7 +282,7 @@ class PollFeeds(beam.PTransform):
         super().__init__()
 
     def expand(self, feeds):
-        tagged = feeds | "AllFeeds" >> beam.combiners.ToList() | "Poll" >> beam.ParDo(
+        tagged = feeds | "AllFeeds" >> beam.combiners.ToList().without_defaults() | "Poll" >> beam.ParDo(
             _PollFeedsFn(self.http, self.validators, self.max_items, self.seen_loader,
                          self.failures_loader))
         return split(tagged, ["entries", ERRORS, FEED_STATE])

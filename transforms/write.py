@@ -125,6 +125,6 @@ class WriteState(beam.PTransform):
         store, run_id = self.store, self.run_id
         return (
             rows
-            | "Collect" >> beam.combiners.ToList()
+            | "Collect" >> beam.combiners.ToList().without_defaults()  # no side input (Dask computes those in a worker)
             | "Write" >> beam.Map(lambda rows: fn(rows, store, run_id))
         )
