@@ -100,7 +100,7 @@ def lake_rows(env: dict[str, str], prefix: str) -> list[tuple]:
     fs = s3fs.S3FileSystem(key="test", secret="test", endpoint_url=env["FSSPEC_S3_ENDPOINT_URL"])
     table = ds.dataset(f"lake/{prefix}/articles", filesystem=fs, format="parquet", partitioning="hive").to_table()
     return sorted((r["url"], r["title"], r["text"], r["duplicate_of"],
-                   tuple(sorted((e["start_char"], e["end_char"], e["label"], e["text"]) for e in r["entities"] or [])))
+                   tuple(sorted((e["start_char"], e["end_char"], e["label"], e["mention"], e["canonical"]) for e in r["entities"] or [])))
                   for r in table.to_pylist())
 
 
