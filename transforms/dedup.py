@@ -153,11 +153,13 @@ def run_order(a: dict[str, Any]) -> tuple:
 def decide_all(articles: Iterable[dict[str, Any]], index: NearDuplicateIndex):
     """Yield ``(decision, original, article, signature, exact keys)`` in the deterministic order."""
     articles = sorted(articles, key=run_order)
-    shared = shared_canonicals(articles, index.settings.near_threshold)
+    # exact keys come with the articles (``_keys``) when the run's shared canonicals were decided before
+    shared = frozenset() if all("_keys" in a for a in articles) else \
+        shared_canonicals(articles, index.settings.near_threshold)
     for art in articles:
         art = dict(art)  # inputs are not ours to change (Dask may hand the same objects to a retried task)
         sig = art.pop("_minhash")
-        keys = exact_keys(art, shared)
+        keys = art.pop("_keys") if "_keys" in art else exact_keys(art, shared)
         kind, original = index.decide(art, sig, keys)
         yield kind, original, art, sig, keys
 
@@ -351,8 +353,8 @@ class _DecideFn(beam.DoFn):
             yield out, value
 
     @staticmethod
-    def _plain(article):  # the joins' working columns stay here (``_minhash`` is taken by decide_all)
-        return {k: v for k, v in article.items() if k not in ("_bands", "_uid", "_keys")}
+    def _plain(article):  # the joins' working columns stay here (``_minhash``, ``_keys``: decide_all takes them)
+        return {k: v for k, v in article.items() if k not in ("_bands", "_uid")}
 
 
 @dataclass(eq=False)
