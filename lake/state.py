@@ -528,24 +528,37 @@ def _write_sorted(store: Store, rel: str, table: pa.Table, group_rows: int) -> N
 
 
 def _new_window_rows(tables: list[pa.Table], cutoff: datetime, next_seq: int, ranges) -> tuple[pa.Table, pa.Table]:
-    """The parts' window rows (articles with a signature inside the window) and their band rows. ``seq``
-    counts every part row in order, as :class:`LakeIndex` does."""
-    win, bands = {n: [] for n in WINDOW_SCHEMA.names}, {n: [] for n in BANDS_SCHEMA.names}
+    """The parts' window rows (articles with a signature inside the window) and their band rows (the
+    stored band keys, computed for parts written without them, plus the id key). ``seq`` counts every
+    part row in order, as :class:`LakeIndex` does."""
+    wins, bands = [], []
     seq = next_seq
     for t in tables:
-        for r in t.to_pylist():
-            if r["kind"] == "article" and r["minhash"] is not None and r["seen_at"] >= cutoff:
-                ak = key64(r["article_id"])
-                for n, v in (("aid_key", ak), ("article_id", r["article_id"]), ("seen_at", r["seen_at"]),
-                             ("seq", seq), ("duplicate_of", r["duplicate_of"]), ("minhash", r["minhash"])):
-                    win[n].append(v)
-                sig = np.frombuffer(r["minhash"], dtype=np.uint32)
-                for b in [*(r["bands"] if r["bands"] is not None else band_keys(sig, ranges)), id_key(r["article_id"])]:
-                    bands["band_key"].append(b)
-                    bands["aid_key"].append(ak)
-                    bands["seen_at"].append(r["seen_at"])
-            seq += 1
-    return pa.table(win, schema=WINDOW_SCHEMA), pa.table(bands, schema=BANDS_SCHEMA)
+        ok = pc.and_(pc.and_(pc.equal(t.column("kind"), "article"), pc.is_valid(t.column("minhash"))),
+                     pc.greater_equal(t.column("seen_at"), pa.scalar(cutoff, INDEX_SCHEMA.field("seen_at").type)))
+        ok = pc.fill_null(ok, False)
+        rows = np.flatnonzero(ok.to_numpy(zero_copy_only=False))
+        w = t.take(pa.array(rows))
+        seq_col = pa.array(seq + rows, pa.int64())
+        seq += t.num_rows
+        aids = w.column("article_id").to_pylist()
+        aid_keys = pa.array([key64(a) for a in aids], pa.uint64())
+        wins.append(pa.table([aid_keys, w.column("article_id"), w.column("seen_at"), seq_col, w.column("duplicate_of"),
+                              w.column("minhash")], schema=WINDOW_SCHEMA))
+        stored = w.column("bands").combine_chunks()
+        if stored.null_count:  # parts written before rows carried their band keys
+            sigs = w.column("minhash").to_pylist()
+            stored = pa.array([b if b is not None else band_keys(np.frombuffer(sig, dtype=np.uint32), ranges)
+                               for b, sig in zip(stored.to_pylist(), sigs)], pa.list_(pa.uint64()))
+        lengths = pc.list_value_length(stored).to_numpy()
+        which = np.concatenate([np.repeat(np.arange(len(aids)), lengths), np.arange(len(aids))])
+        band_col = np.concatenate([pc.list_flatten(stored).to_numpy(),
+                                   np.array([id_key(a) for a in aids], dtype=np.uint64)])
+        bands.append(pa.table([pa.array(band_col, pa.uint64()), pc.take(aid_keys, pa.array(which)),
+                               pc.take(w.column("seen_at"), pa.array(which))], schema=BANDS_SCHEMA))
+    if not wins:
+        return WINDOW_SCHEMA.empty_table(), BANDS_SCHEMA.empty_table()
+    return pa.concat_tables(wins), pa.concat_tables(bands)
 
 
 def _split(table: pa.Table, col: str, bits: int) -> list[pa.Table]:
