@@ -30,7 +30,7 @@ from warta.config.settings import DEFAULT_FEEDS, ConfigError, Settings, load_fee
 from warta.lake.commit import RunLock, commit, new_run_id, recover, summarize_staged
 from warta.lake.failures import load_failures
 from warta.lake.schema import ERROR_SCHEMA, staging_dir
-from warta.lake.state import key64, load_index
+from warta.lake.state import key64, open_index
 from warta.lake.store import Store
 from warta.net.http import HttpClient
 from warta.net.urls import host_of, normalize_url
@@ -204,7 +204,7 @@ def _backfill(ns, settings: Settings, feeds: list, store: Store, options, lock: 
                          errors=d.errors)
             d.errors = []
         ready = [d for d in found if d.done]
-        seen, failures, now = load_index(store).url_keys, load_failures(store), utcnow()
+        seen, failures, now = open_index(store).url_keys, load_failures(store), utcnow()
         for d in ready:  # in the lake (polled, archived, backfilled before) or failed and not due yet: no request
             keys = {k: key64(normalize_url(e["url"])) for k, e in d.entries.items()}
             known = [k for k, key in keys.items() if key in seen]

@@ -11,7 +11,7 @@ import apache_beam as beam
 from warta.config.settings import Feed, Settings
 from warta.lake.failures import Failures, load_failures
 from warta.lake.faults import kill_point
-from warta.lake.state import IndexSnapshot, load_index
+from warta.lake.state import LakeIndex, open_index
 from warta.lake.store import Store
 from warta.pipeline.progress import count
 from warta.transforms.dedup import Deduplicate
@@ -22,17 +22,18 @@ from warta.transforms.ner import PreloadModels, TagEntities, known_languages, mo
 from warta.transforms.records import RecordFailures
 from warta.transforms.write import WriteDataset, WriteState
 
-_SNAPSHOT: dict[tuple, IndexSnapshot] = {}
+_SNAPSHOT: dict[tuple, LakeIndex] = {}
 _SNAPSHOT_LOCK = threading.Lock()
 
 
-def load_snapshot(store: Store, window_days: int, run_id: str) -> IndexSnapshot:
-    """The state index, read once per worker process and run (polling and dedup share it)."""
+def load_snapshot(store: Store, window_days: int, run_id: str) -> LakeIndex:
+    """The state index, opened once per worker process and run (polling and dedup share it): the parts
+    since the last fold in memory, the fold read per key range as lookups need it."""
     key = (store.url, window_days, run_id)
     with _SNAPSHOT_LOCK:
         if key not in _SNAPSHOT:
             _SNAPSHOT.clear()  # keep only the current run's snapshot
-            _SNAPSHOT[key] = load_index(store, window_days=window_days)
+            _SNAPSHOT[key] = open_index(store, window_days=window_days)
         return _SNAPSHOT[key]
 
 
@@ -49,7 +50,7 @@ def load_failures_once(store: Store, run_id: str) -> Failures:
         return _FAILURES[key]
 
 
-def load_seen(store: Store, window_days: int, run_id: str) -> set[int]:
+def load_seen(store: Store, window_days: int, run_id: str):
     return load_snapshot(store, window_days, run_id).url_keys
 
 
@@ -120,7 +121,7 @@ def process_pages(pages, plan: Plan, errors=(), feed_state=None, written=()) -> 
     # On the DirectRunner, Fetch -> Extract -> Tag run fused in each worker, with no shuffle between them:
     # tagging starts with the first pages while the rest are still arriving. On a cluster the articles are
     # shuffled over all its workers before tagging (TagEntities' batching, spread over plan.workers slots).
-    # Deduplication needs every article of the run in one place, so it comes after (exact duplicates are
+    # Deduplication (keyed by key range and cluster, transforms.dedup) comes after (exact duplicates are
     # rare by then: URLs are deduplicated above).
     extracted = pages | "ExtractArticles" >> ExtractArticles(
         s.min_text_chars, profiles={h: p.model_dump() for h, p in s.extract.profiles.items()})
