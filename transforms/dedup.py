@@ -64,7 +64,7 @@ def signature(text: str, settings: DedupSettings) -> np.ndarray:
     return m.hashvalues.astype(np.uint32)
 
 
-def _minhash(sig: np.ndarray, num_perm: int) -> LeanMinHash:
+def _minhash(sig: np.ndarray) -> LeanMinHash:
     """A signature as a datasketch object; LeanMinHash skips rebuilding the permutations (80x faster)."""
     return LeanMinHash(seed=1, hashvalues=sig, scheme=SCHEME)
 
@@ -111,7 +111,7 @@ class NearDuplicateIndex:
             return
         self.sigs[aid] = sig
         self.order[aid] = len(self.order)
-        self.lsh.insert(aid, _minhash(sig, self.settings.num_perm))
+        self.lsh.insert(aid, _minhash(sig))
 
     def root(self, aid: str) -> str:
         seen = set()
@@ -130,10 +130,10 @@ class NearDuplicateIndex:
         aid = article["article_id"]
         best = None
         if aid not in self.sigs:
-            mh = _minhash(sig, self.settings.num_perm)
+            mh = _minhash(sig)
             candidates = [c for c in self.lsh.query(mh) if c != aid]
             matches = [c for c in candidates
-                       if mh.jaccard(_minhash(self.sigs[c], self.settings.num_perm)) >= self.settings.near_threshold]
+                       if mh.jaccard(_minhash(self.sigs[c])) >= self.settings.near_threshold]
             if matches:
                 best = self.root(min(matches, key=self.order.__getitem__))
         for k in keys:
