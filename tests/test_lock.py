@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -232,6 +233,7 @@ def test_commit_marker_records_the_epoch_and_a_zombie_marker_is_not_replayed(tmp
 @pytest.mark.parametrize("content", [b"", b'{"run_id": "cut', b"[1, 2]"], ids=["empty", "cut", "not-a-marker"])
 def test_an_unreadable_commit_marker_is_no_commit_point_not_a_crash_loop(tmp_path, caplog, content):
     from warta.lake.commit import recover
+    caplog.set_level(logging.WARNING, logger="warta")  # whatever level an earlier in-process run left on it
     store = Store(str(tmp_path / "lake"))
     staged_articles(store, "torn")
     store.write_bytes(f"{staging_dir('torn')}/COMMIT", content)
