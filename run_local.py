@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Run warta on this machine (Beam DirectRunner by default). `python run_local.py --help` for all options."""
+"""Run warta on this machine, for scripts: `python run_local.py FLAGS` is always `warta run FLAGS` (as before);
+`python run_local.py COMMAND ARGS` is `warta COMMAND ARGS`; alone it prints the usage (exit 2), like `warta`."""
 
 import logging
 
@@ -8,4 +9,4 @@ logging.getLogger().setLevel(logging.ERROR)  # quiet import-time notices from Be
 from warta.pipeline.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    main(flags_run=True)

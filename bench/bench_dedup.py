@@ -69,7 +69,7 @@ def main(argv=None) -> int:
             for j in range(args.new):
                 art = {"article_id": f"n{j}", "url": f"https://new.example/{j}", "canonical_url": None,
                        "content_hash": f"h{j}"}
-                kind, _ = index.decide(art, new_sigs[j])
+                kind, _ = index.decide(art, new_sigs[j], [])
                 near += kind == "near"
             per_article = (time.perf_counter() - t0) / args.new
         row = {"indexed": n, "state_mb": round(size / 2**20, 1), "bytes_per_article": round(size / n, 1),

@@ -60,7 +60,7 @@ PLACES = ["Jakarta", "Surabaya", "Bandung", "Medan", "Makassar", "Semarang", "Pa
 def synthetic_article(rnd: random.Random, n: int, source: str, when: datetime) -> dict:
     published = when - timedelta(minutes=rnd.randint(0, 600))  # some land in the previous day
     text = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(250, 600)))
-    ents = [{"text": rnd.choice(NAMES if i % 2 else PLACES), "label": "PER" if i % 2 else "LOC",
+    ents = [{"mention": rnd.choice(NAMES if i % 2 else PLACES), "label": "PER" if i % 2 else "LOC",
              "start_char": i * 10, "end_char": i * 10 + 8} for i in range(rnd.randint(2, 8))]
     url = f"https://{source}.example/berita/{n}"
     return {"article_id": f"{n:024x}", "url": url, "canonical_url": url, "source": source,
@@ -126,7 +126,7 @@ def lake_files(out: Path) -> list[Path]:
 
 QUERIES = {
     "count_by_source_day": "select source, {day} as day, count(*) from {src} group by all",
-    "top_entities_week": "select e.text, count(*) as c from (select unnest(entities) as e from {src} "
+    "top_entities_week": "select e.mention, count(*) as c from (select unnest(entities) as e from {src} "
                          "where {day} between DATE '2024-10-07' and DATE '2024-10-13') group by 1 order by c desc limit 20",
     "article_by_url": "select title, published_at from {src} where url = '{url}'",
     "article_by_url_and_source": "select title, published_at from {src} where source = '{source}' and url = '{url}'",

@@ -8,7 +8,8 @@ Per size:
 - end to end, ``run_local.py`` in a subprocess on the same world, one row per mode: ``default`` is the
   command a new user types (no settings file, no Beam flags, the default 1 s delay per host); ``beam``
   adds Beam's own ``--direct_num_workers N --direct_running_mode multi_processing``; ``tuned`` adds a
-  hand-tuned settings file (``ner.threads: 1``, ``fetch_threads: 64``) to those flags. Wall seconds,
+  hand-tuned settings file (``ner.threads: 1``, ``fetch_threads: 64``) to those flags; ``default-fp32`` is
+  ``default`` with ``ner.precision: fp32`` (the default command before int8 tagging, #29). Wall seconds,
   articles/min, peak RSS of the whole process tree (sampled every 0.2 s);
 - the physical limit: raw trafilatura + raw Stanza NER (our model, batched, one thread) over the same
   pages in one process; limit = CPU seconds / usable CPUs. Reported: limit / wall time of each mode.
@@ -182,6 +183,8 @@ def end_to_end(feeds, mode: str, use_ner: bool, host_delay: float, noop: bool = 
         settings = {"http": {"host_delay": host_delay}} if host_delay != 1.0 else {}
         if not use_ner:
             settings["ner"] = {"enabled": False}
+        if mode == "default-fp32":
+            settings["ner"] = {**settings.get("ner", {}), "precision": "fp32"}
         if mode == "tuned":
             settings = {"http": {**settings.get("http", {}), "fetch_threads": 64},
                         "ner": {**settings.get("ner", {}), "threads": 1}}
@@ -209,7 +212,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1200])
     ap.add_argument("--outlets", type=int, default=100)
-    ap.add_argument("--modes", nargs="+", default=["default", "beam", "tuned"], choices=["default", "beam", "tuned"])
+    ap.add_argument("--modes", nargs="+", default=["default", "beam", "tuned"],
+                    choices=["default", "beam", "tuned", "default-fp32"])
     ap.add_argument("--host-delay", type=float, default=1.0, help="seconds between requests to a host (default: "
                     "warta's default, 1 s; other values go in a settings file)")
     ap.add_argument("--noop", action="store_true", help="also time a second run that finds nothing new")

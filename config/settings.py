@@ -1,13 +1,14 @@
 """Feeds file and settings: YAML in, validated pydantic models out.
 
-Every problem with a file becomes a :class:`ConfigError` whose message is one line
-naming the file and the field, so the CLI can print it and exit 2.
+Every problem with a file becomes one :class:`ConfigError` naming the file and, for each field at fault,
+its dotted path and what is wrong (all of them at once; an unknown key with the known key it most resembles),
+so the CLI can print it and exit 2.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -38,12 +39,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+FEED_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit (no spaces)"
+
+
 class Feed(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="becomes the `source` column")
+    name: str = Field(description=f"becomes the `source` column: {FEED_NAME_RULE}")
     url: str
     language: str | None = Field(None, pattern=r"^[a-z]{2}$", description="ISO 639-1; detected per article if absent")
     timezone: str | None = Field(None, description="IANA zone for times printed without an offset; "
                                  "default from the language (transforms/dates.py), else UTC")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError(f"{v!r} is not a valid feed name: use {FEED_NAME_RULE}")
+        return v
 
     @field_validator("timezone")
     @classmethod
@@ -90,11 +101,16 @@ class NerSettings(Strict):
     languages: dict[str, dict[str, str]] = Field({}, description="explicit Stanza paths per language, e.g. "
                                                  "{en: {ner_model_path: ..., ner_pretrain_path: ...}}")
     batch_size: int = Field(32, ge=1, description="documents per NER batch on CPU")
-    parallelism: int = Field(8, ge=1, description="NER batch groups on runners that batch through a shuffle")
+    parallelism: int = Field(8, ge=1, description="when set, Dask shuffles articles into 4x this many NER "
+                             "groups; else the fallback when warta cannot read the runner's size")
     threads: int | None = Field(None, ge=1, description="torch threads per worker process; default: CPUs / "
                                 "worker processes")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when torch sees a GPU")
     gpu_batch_size: int = Field(128, ge=1, description="documents per NER batch when tagging on CUDA")
+    precision: Literal["int8", "fp32"] = Field(
+        "int8", description="CPU tagging: int8 quantizes each worker's NER models once after loading (dynamic "
+        "int8 LSTM and Linear layers: faster, same entities, F1 within 0.005 of fp32, see models/README.md); "
+        "fp32: the weights as trained. CUDA always tags in fp32")
 
 
 class DedupSettings(Strict):
@@ -150,9 +166,11 @@ class Settings(Strict):
     lake: LakeSettings = LakeSettings()
     max_items_per_feed: int = Field(500, ge=1, description="new entries taken per feed per poll; the rest wait")
     parallelism: int | None = Field(None, ge=1, description="host groups fetched and processed in parallel; "
-                                    "default: the runner's worker count (--direct_num_workers, local Dask: 2), else 8")
-    storage_options: dict[str, Any] = Field({}, description="passed to fsspec (endpoint_url, key, secret, ...); "
-                                            "fsspec's own environment config works too")
+                                    "default: the runner's slots (DirectRunner worker processes, the Dask cluster's "
+                                    "threads, Flink --parallelism, Dataflow --max_num_workers), else ner.parallelism")
+    storage_options: dict[str, Any] = Field({}, description="passed to fsspec (endpoint_url, key, secret, ...) and "
+                                            "pickled into the job when set; unset, every worker uses its own "
+                                            "environment (fsspec/cloud defaults)")
     min_text_chars: int = Field(200, ge=0, description="shorter extracted bodies are an extract error")
     lock_ttl: float = Field(3600.0, gt=0, description="seconds after which another run may take over a silent lock")
     runner: str = Field("direct", description="Beam runner when --runner is not given: direct, dask, or a "
@@ -178,28 +196,72 @@ def _read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}:{where} invalid YAML: {getattr(e, 'problem', None) or e}") from None
 
 
-def _first_error(path: str | Path, err: ValidationError, prefix: str = "") -> ConfigError:
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
-    return ConfigError(f"{path}: {loc}: {e['msg']}")
+def _model_at(model: type[BaseModel] | None, loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model holding the fields at ``loc`` (list indexes and dict keys skipped); None off the models."""
+    skip = False
+    for part in loc:
+        if isinstance(part, int) or skip or model is None:
+            skip = False
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        args = getattr(field.annotation, "__args__", ())
+        skip = getattr(field.annotation, "__origin__", None) is dict  # the next part is a key
+        inner = [a for a in (*args, field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = inner[0] if inner else None
+    return model
+
+
+def _problem(e: dict, model: type[BaseModel], prefix: tuple) -> str:
+    loc = ".".join(str(p) for p in (*prefix, *e["loc"]))
+    if e["type"] == "extra_forbidden":
+        known = list((_model_at(model, e["loc"][:-1]) or BaseModel).model_fields)
+        close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1, cutoff=0.6)
+        hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(known)}"
+        return f"{loc}: unknown key ({hint})"
+    msg = "missing (required)" if e["type"] == "missing" else e["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}"
+
+
+def _all_errors(path: str | Path, err: ValidationError, model: type[BaseModel], prefix: tuple = ()) -> list[str]:
+    """Every problem pydantic found, unknown keys first (a mistyped key also makes the key it meant "missing")."""
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    return [_problem(e, model, prefix) for e in errors]
+
+
+def _config_error(path: str | Path, problems: list[str]) -> ConfigError:
+    if len(problems) == 1:
+        return ConfigError(f"{path}: {problems[0]}")
+    return ConfigError(f"{path}: {len(problems)} problems:\n  " + "\n  ".join(problems))
 
 
 def load_feeds(path: str | Path) -> list[Feed]:
     data = _read_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("feeds"), list) or not data["feeds"]:
         raise ConfigError(f"{path}: expected a mapping with a non-empty `feeds:` list")
-    feeds = []
+    feeds, problems = [], []
     for i, item in enumerate(data["feeds"]):
         if not isinstance(item, dict):
-            raise ConfigError(f"{path}: feeds.{i}: expected a mapping with `name` and `url`")
+            problems.append(f"feeds.{i}: expected a mapping with `name` and `url`")
+            continue
+        odd = [k for k in item if not isinstance(k, str)]
+        if odd:
+            problems.append(f"feeds.{i}: keys must be names such as `name` and `url`, not {odd[0]!r}")
+            continue
         try:
             feeds.append(Feed(**item))
         except ValidationError as err:
-            raise _first_error(path, err, f"feeds.{i}") from None
-    names = [f.name for f in feeds]
-    dupes = sorted(n for n, k in Counter(names).items() if k > 1)  # linear: 20,000 feeds
+            problems += _all_errors(path, err, Feed, ("feeds", i))
+    # names become folder names (state files, partitions): unique also on case-insensitive file systems
+    folded: dict[str, list[str]] = {}
+    for f in feeds:
+        folded.setdefault(f.name.casefold(), []).append(f.name)
+    dupes = sorted(" = ".join(names) for names in folded.values() if len(names) > 1)
     if dupes:
-        raise ConfigError(f"{path}: feed names must be unique: {', '.join(dupes)}")
+        problems.append(f"feed names must be unique, ignoring case: {', '.join(dupes)}")
+    if problems:
+        raise _config_error(path, problems)
     return feeds
 
 
@@ -214,10 +276,15 @@ def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = No
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
+        for n, p in enumerate(parents):
+            if node.get(p) is None:  # `http:` left empty (null) in the file
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise ConfigError(f"{path or 'settings'}: {'.'.join(parents[:n + 1])}: expected a mapping "
+                                  f"of settings, not {node[p]!r} (needed for the override {dotted})")
+            node = node[p]
         node[leaf] = value
     try:
         return Settings(**data)
     except ValidationError as err:
-        raise _first_error(path or "settings", err) from None
+        raise _config_error(path or "settings", _all_errors(path, err, Settings)) from None

@@ -14,6 +14,14 @@ A run killed before 1 leaves only staging, which the next run deletes: nothing w
 moved, the work is redone. Killed after 1, the next run replays 2–4 first (idempotent: same names,
 same bytes), so the lake ends as one clean run would have left it. This needs no atomic rename and
 works on S3, GCS and local disks alike.
+
+Fencing (with the run's :class:`~lake.lock.RunLock`): the marker records the lock's ``epoch``; every publish
+step first calls :meth:`RunLock.fence`, so a run paused past the lock's ttl stops publishing once it wakes
+(the run that took over has replayed or will replay its marker); recovery replays a marker only when its epoch
+is not older than ``_state/FENCE`` (the last holder that finished recovering): an older one was written by a
+run that had already lost the output, and is dropped. A marker that cannot be read (empty after a power loss
+on a disk without fsync, cut, edited) counts as no commit point: its staging is dropped, with a warning
+naming it, and the run's work is redone.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -31,7 +40,7 @@ import pyarrow as pa
 from warta.lake import faults
 from warta.lake.compact import recover_compactions
 from warta.lake.failures import merge_failures
-from warta.lake.lock import LockedError, LockLost, RunLock  # noqa: F401  (LockedError, RunLock: re-exported)
+from warta.lake.lock import FENCE, LockedError, LockLost, RunLock  # noqa: F401  (LockedError: re-exported)
 from warta.lake.schema import new_run_id, staging_dir  # noqa: F401  (new_run_id: re-exported)
 from warta.lake.state import FEEDS_FILE, INDEX_DIR, compact_index
 from warta.lake.store import Store
@@ -112,36 +121,47 @@ def gather_state(store: Store, stage: str) -> None:
             store.write_bytes(f"{stage}/{kind}.json", json.dumps(rows, default=str).encode())
 
 
-def copy_file(store: Store, src: str, dst: str) -> None:
-    """Publish one file: server-side on object stores (one PUT-like copy, atomic for readers), through
-    the store's temp-and-rename write locally."""
-    if store.is_local:
-        store.copy(src, dst)
-    else:
-        store.fs.copy(store.path(src), store.path(dst))
-
-
-def publish_files(store: Store, stage: str, files: list[str]) -> None:
-    """Copy the staged data files into the lake, several at a time."""
+def publish_files(store: Store, stage: str, files: list[str], step: Callable[[], None]) -> None:
+    """Copy the staged data files into the lake, several at a time: server-side on object stores (one
+    PUT-like copy, atomic for readers), read and durably rewritten locally. ``step`` runs right before each
+    write: a run paused since its read must not put back a file that compaction has since replaced."""
     def one(rel: str) -> None:
-        if store.exists(f"{stage}/{rel}"):
-            copy_file(store, f"{stage}/{rel}", rel)
-            faults.point("publish")
+        src = f"{stage}/{rel}"
+        try:
+            data = None if not store.is_local else store.read_bytes(src)
+        except FileNotFoundError:  # published and staging removed by an earlier replay
+            return
+        faults.point("publish_read")
+        step()
+        if data is not None:
+            store.write_bytes(rel, data, durable=True)
+        else:
+            try:
+                store.fs.copy(store.path(src), store.path(rel))
+            except FileNotFoundError:
+                return
+        faults.point("publish")
 
-    with ThreadPoolExecutor(max(1, min(PUBLISH_THREADS, len(files)))) as pool:
+    with ThreadPoolExecutor(max(1, min(PUBLISH_THREADS, len(files))),
+                            thread_name_prefix=threading.current_thread().name) as pool:
         list(pool.map(one, files))  # list(): re-raise the first failure
 
 
 def commit(store: Store, run_id: str, summary: dict[str, Any], window_days: int,
-           backlog_taken: list[str] = (), fence: Callable[[], None] | None = None) -> dict[str, Any]:
+           backlog_taken: list[str] = (), fence: Callable[[], None] | None = None,
+           lock: RunLock | None = None) -> dict[str, Any]:
     """Make a finished run's staged output visible, then advance the state. Returns the manifest.
     ``backlog_taken``: the backlog files this run read (their entries were fetched or are staged again).
-    ``fence`` (the run lock's :meth:`~lake.lock.RunLock.check`) runs right before the commit point and raises
-    :class:`LockLost` when this run no longer holds the output (its staging is then removed)."""
+    ``fence`` (default: the ``lock``'s :meth:`~lake.lock.RunLock.check`) runs right before the commit point and
+    raises :class:`LockLost` when this run no longer holds the output (its staging is then removed); with a
+    ``lock``, the marker records its epoch and each publish step checks :meth:`~lake.lock.RunLock.fence`."""
+    if fence is None and lock is not None:
+        fence = lock.check
     files = [f for f in staged_files(store, run_id)
              if f != "COMMIT" and posixpath.dirname(f).split("/", 1)[0] not in (SUMMARY, INPUT)]
     manifest = {"run_id": run_id, "files": sorted(files), "summary": summary, "backlog_taken": list(backlog_taken),
-                "committed_at": datetime.now(timezone.utc).isoformat()}
+                "committed_at": datetime.now(timezone.utc).isoformat(),
+                "lock_epoch": lock.epoch if lock is not None else None}
     faults.point("staged")
     if fence is not None:
         try:
@@ -150,14 +170,18 @@ def commit(store: Store, run_id: str, summary: dict[str, Any], window_days: int,
             store.remove(staging_dir(run_id), recursive=True)
             raise
     store.write_json(f"{staging_dir(run_id)}/COMMIT", manifest)  # the commit point
-    publish(store, run_id, manifest, window_days)
+    publish(store, run_id, manifest, window_days, step=lock.fence if lock is not None else None)
     return manifest
 
 
-def publish(store: Store, run_id: str, manifest: dict[str, Any], window_days: int) -> None:
-    """Steps 2–4 of the protocol; safe to repeat any number of times."""
+def publish(store: Store, run_id: str, manifest: dict[str, Any], window_days: int,
+            step: Callable[[], None] | None = None) -> None:
+    """Steps 2–4 of the protocol; safe to repeat any number of times. ``step`` (the lock's
+    :meth:`~lake.lock.RunLock.fence`) runs before each write and raises when this run must stop."""
+    step = step or (lambda: None)
     stage = staging_dir(run_id)
-    publish_files(store, stage, [rel for rel in manifest["files"] if rel.startswith(("articles/", "errors/"))])
+    publish_files(store, stage, [rel for rel in manifest["files"] if rel.startswith(("articles/", "errors/"))], step)
+    step()
     faults.point("state")
     gather_state(store, stage)
     if store.exists(f"{stage}/index.parquet"):
@@ -193,19 +217,51 @@ def merge_feed_state(store: Store, states: list[dict[str, Any]], run_id: str) ->
     store.write_json(FEEDS_FILE, current)
 
 
-def recover(store: Store, window_days: int) -> list[str]:
-    """Finish runs that passed their commit point; drop staging of runs that did not. Returns replayed ids."""
+def read_marker(store: Store, rel: str) -> dict[str, Any] | None:
+    """A COMMIT marker; None when absent or unreadable (an unreadable one is logged with its path)."""
+    try:
+        marker = store.read_json(rel)
+    except (ValueError, UnicodeDecodeError) as e:
+        log.warning("%s is unreadable (%s): treated as no commit point, that output is dropped and its work "
+                    "redone", store.full_url(rel), e)
+        return None
+    if marker is not None and not (isinstance(marker, dict) and isinstance(marker.get("files", []), list)):
+        log.warning("%s is not a commit marker: treated as no commit point", store.full_url(rel))
+        return None
+    return marker or None
+
+
+def fenced_epoch(store: Store) -> int:
+    try:
+        return int((store.read_json(FENCE) or {}).get("epoch") or 0)
+    except (ValueError, TypeError, AttributeError):
+        return 0
+
+
+def recover(store: Store, window_days: int, lock: RunLock | None = None) -> list[str]:
+    """Finish runs that passed their commit point; drop staging of runs that did not, and of markers written
+    by a run that had already lost the output (epoch older than ``_state/FENCE``). Returns replayed ids.
+    With the ``lock``, each step is fenced and ``_state/FENCE`` advances to its epoch at the end."""
     replayed = []
     store.remove_temp_files()
+    fenced = fenced_epoch(store)
+    step = lock.fence if lock is not None else None
     runs = sorted({p.split("/")[2] for p in store.list(PENDING)})
     for run_id in runs:
-        marker = store.read_json(f"{staging_dir(run_id)}/COMMIT")
-        if marker:
+        marker = read_marker(store, f"{staging_dir(run_id)}/COMMIT")
+        epoch = marker.get("lock_epoch") if marker else None
+        if marker and isinstance(epoch, int) and epoch < fenced:
+            log.warning("dropping run %s: its commit marker (lock epoch %s) was written after it lost the output "
+                        "(epoch %s recovered it)", run_id, epoch, fenced)
+            store.remove(staging_dir(run_id), recursive=True)
+        elif marker:
             log.warning("completing run %s, which was interrupted after its commit point", run_id)
-            publish(store, run_id, marker, window_days)
+            publish(store, run_id, marker, window_days, step=step)
             replayed.append(run_id)
         else:
             log.warning("discarding uncommitted output of interrupted run %s", run_id)
             store.remove(staging_dir(run_id), recursive=True)
     recover_compactions(store)
+    if lock is not None:
+        lock.recovered()
     return replayed

@@ -5,7 +5,9 @@ Runs under the output's lock, with a commit protocol shaped like a run's (:mod:`
 1. plan: partitions holding several files, at least one not yet compacted; partitions past retention
    (a ``month=`` partition once all of its month is: its rows are kept up to a month past retention);
 2. the new files written under ``_state/compact/<id>/<partition>/`` (rows sorted by ``published_at``,
-   errors by ``at``; zstd; row groups of about 32 MB; statistics on);
+   errors by ``at``; zstd; row groups of about 32 MB; statistics on). A partition over ``SORT_IN_MEMORY_BYTES``
+   on disk is streamed instead, record batch by record batch (memory: one batch and one output file's
+   buffer), its files one after the other, each in its own order: not sorted across files;
 3. ``COMMIT`` marker listing, per partition, the new files and the old files they replace — the commit point;
 4. partition by partition: the new files moved into place, then that partition's old files deleted;
 5. the staging folder removed.
@@ -31,15 +33,16 @@ import pyarrow.parquet as pq
 
 from warta.lake import faults
 from warta.lake.lock import LockLost
-from warta.lake.schema import ARTICLE_SCHEMA, ERROR_SCHEMA, new_run_id
-from warta.lake.state import record_schema
-from warta.lake.store import Store
+from warta.lake.schema import ARTICLE_SCHEMA, ERROR_SCHEMA, new_run_id, upgrade_entities
+from warta.lake.state import ensure_datasets, record_schema
+from warta.lake.store import Store, fsync_dir
 
 log = logging.getLogger(__name__)
 COMPACT_DIR = "_state/compact"
 DATASETS = {"articles": (ARTICLE_SCHEMA, ["published_at", "fetched_at", "article_id"]),
             "errors": (ERROR_SCHEMA, ["at", "url", "stage"])}
 ROW_GROUP_BYTES = 32 * 2**20
+SORT_IN_MEMORY_BYTES = 256 * 2**20  # a partition this large on disk (compressed) is streamed, not sorted whole
 _DAY = re.compile(r"(?:^|/)(?:ingest_)?date=(\d{4}-\d{2}-\d{2})(?:/|$)")
 _MONTH = re.compile(r"(?:^|/)month=(\d{4})-(\d{2})(?:/|$)")
 
@@ -119,14 +122,24 @@ def unified(tables: list[pa.Table], base: pa.Schema) -> pa.Table:
     return pa.concat_tables([conform(t) for t in tables], promote_options="default").select(schema.names)
 
 
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns, in order (missing ones null)."""
+    cols = [table.column(f.name).cast(f.type) if f.name in table.schema.names else pa.nulls(table.num_rows, f.type)
+            for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
 def rewrite_partition(store: Store, part: str, files: list[str], target_bytes: int, stage: str) -> list[str]:
     """Write the partition's rows, sorted, as files of about ``target_bytes`` under ``stage``; returns
-    the names the new files will have in the lake."""
+    the names the new files will have in the lake. Partitions over ``SORT_IN_MEMORY_BYTES`` are streamed
+    (:func:`stream_partition`)."""
+    if sum(store.fs.size(store.path(f)) for f in files) > SORT_IN_MEMORY_BYTES:
+        return stream_partition(store, part, files, target_bytes, stage)
     schema, order = DATASETS[part.split("/", 1)[0]]
     if part.startswith("articles/date=") and "/source=" not in part:  # the date layout: one file, all outlets
         order = ["source", *order]  # one outlet's rows contiguous: its row groups are skipped by the others
     blobs = [store.read_bytes(f) for f in files]
-    table = unified([pq.read_table(io.BytesIO(b)) for b in blobs], schema)
+    table = unified([upgrade_entities(pq.read_table(io.BytesIO(b))) for b in blobs], schema)
     table = table.sort_by([(c, "ascending") for c in order if c in table.schema.names])
     row_bytes = max(1.0, sum(map(len, blobs)) / max(1, table.num_rows))
     per_file = max(1, int(target_bytes / row_bytes))
@@ -139,8 +152,52 @@ def rewrite_partition(store: Store, part: str, files: list[str], target_bytes: i
         buf = io.BytesIO()
         pq.write_table(table.slice(n * per_file, per_file), buf, compression="zstd", row_group_size=group,
                        write_statistics=True, sorting_columns=sort)
-        store.write_bytes(f"{stage}/{rel}", buf.getvalue())
+        store.write_bytes(f"{stage}/{rel}", buf.getvalue(), durable=True)
         out.append(rel)
+    return out
+
+
+def stream_partition(store: Store, part: str, files: list[str], target_bytes: int, stage: str,
+                     batch_rows: int = 8192) -> list[str]:
+    """Bounded-memory rewrite: each file read by record batches (``batch_rows``) and written to output
+    files of about ``target_bytes``; memory holds one batch and one output file's compressed buffer."""
+    base, _ = DATASETS[part.split("/", 1)[0]]
+    metas = []
+    for f in files:
+        with store.fs.open(store.path(f), "rb") as fh:
+            metas.append(pq.ParquetFile(fh).metadata)
+    schema = pa.unify_schemas([base, *(m.schema.to_arrow_schema() for m in metas)], promote_options="permissive")
+    rows = sum(m.num_rows for m in metas)
+    row_bytes = max(1.0, sum(store.fs.size(store.path(f)) for f in files) / max(1, rows))
+    per_file = max(1, int(target_bytes / row_bytes))
+    group = max(1024, min(per_file, int(ROW_GROUP_BYTES / row_bytes)))
+    cid, out = posixpath.basename(stage), []
+    state = {"buf": None, "writer": None, "rows": 0}
+
+    def close() -> None:
+        if state["writer"] is not None:
+            state["writer"].close()
+            rel = f"{part}/compact-{cid}-{len(out):04d}.parquet"
+            store.write_bytes(f"{stage}/{rel}", state["buf"].getvalue(), durable=True)
+            out.append(rel)
+            state.update(buf=None, writer=None, rows=0)
+
+    for f in files:
+        with store.fs.open(store.path(f), "rb") as fh:
+            for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows):
+                table = conform(pa.Table.from_batches([batch]), schema)
+                while table.num_rows:
+                    if state["writer"] is None:
+                        state["buf"] = io.BytesIO()
+                        state["writer"] = pq.ParquetWriter(state["buf"], schema, compression="zstd",
+                                                           write_statistics=True)
+                    take = min(per_file - state["rows"], table.num_rows)
+                    state["writer"].write_table(table.slice(0, take), row_group_size=group)
+                    state["rows"] += take
+                    table = table.slice(take)
+                    if state["rows"] >= per_file:
+                        close()
+    close()
     return out
 
 
@@ -150,15 +207,19 @@ def move(store: Store, src: str, dst: str) -> None:
     if store.is_local:
         store.fs.makedirs(posixpath.dirname(store.path(dst)), exist_ok=True)
         store.fs.mv(store.path(src), store.path(dst))
+        fsync_dir(posixpath.dirname(store.path(dst)))  # the rename is durable before the old files go
     else:
         store.fs.copy(store.path(src), store.path(dst))
         store.remove(src)
 
 
-def swap(store: Store, marker: dict) -> None:
-    """Steps 4–5: per partition, new files into place, then its old files removed. Safe to repeat."""
+def swap(store: Store, marker: dict, step: Callable[[], None] | None = None) -> None:
+    """Steps 4–5: per partition, new files into place, then its old files removed. Safe to repeat.
+    ``step`` (the lock's fencing check) runs before each partition: a holder that lost the lock stops."""
     stage = f"{COMPACT_DIR}/{marker['id']}"
     for _part, change in sorted(marker["partitions"].items()):
+        if step is not None:
+            step()
         for rel in change["new"]:
             if store.exists(f"{stage}/{rel}"):
                 move(store, f"{stage}/{rel}", rel)
@@ -198,7 +259,7 @@ def compact(store: Store, policy: Policy, prefixes: Iterable[str] = ("articles",
             raise
     marker = {"id": cid, "partitions": changes, "committed_at": datetime.now(timezone.utc).isoformat()}
     store.write_json(f"{stage}/COMMIT", marker)  # the commit point
-    swap(store, marker)
+    swap(store, marker, fence)
     stats["files_after"] = stats["files_before"] + sum(len(c["new"]) - len(c["old"]) for c in changes.values())
     return stats
 
@@ -207,8 +268,12 @@ def recover_compactions(store: Store) -> list[str]:
     """Finish compactions that passed their commit point; drop the staging of those that did not."""
     replayed = []
     for cid in sorted({p.split("/")[2] for p in store.list(COMPACT_DIR)}):
-        marker = store.read_json(f"{COMPACT_DIR}/{cid}/COMMIT")
-        if marker:
+        try:
+            marker = store.read_json(f"{COMPACT_DIR}/{cid}/COMMIT")
+        except (ValueError, UnicodeDecodeError) as e:  # cut or emptied: no commit point, the old files stand
+            log.warning("%s is unreadable (%s): treated as no commit point", store.full_url(f"{COMPACT_DIR}/{cid}/COMMIT"), e)
+            marker = None
+        if isinstance(marker, dict) and isinstance(marker.get("partitions"), dict):
             log.warning("completing compaction %s, which was interrupted after its commit point", cid)
             swap(store, marker)
             replayed.append(cid)
@@ -234,6 +299,8 @@ def expired_days(store: Store, policy: Policy) -> list[str]:
 
 
 def record_lake_schema(store: Store, layout: str) -> dict:
+    """The schema version, and an empty file in a dataset with none yet (a clean run's ``errors/``)."""
+    ensure_datasets(store, {"errors": ERROR_SCHEMA}, datetime.now(timezone.utc).strftime("%Y-%m-%d"))
     return record_schema(store, {name: schema for name, (schema, _) in DATASETS.items()}, layout)
 
 

@@ -1,6 +1,7 @@
 """The run lock: ``_state/LOCK`` keeps two runs off one output.
 
-The lock is a small JSON record (run id, host, pid, heartbeat time) changed only by compare-and-swap:
+The lock is a small JSON record (run id, host, boot id, PID namespace, pid, heartbeat time, epoch) changed only
+by compare-and-swap:
 
 * taken by an exclusive create: ``O_EXCL`` on local disks, ``If-None-Match: *`` on S3;
 * a stale lock (its holder's process is gone on this host, or it missed heartbeats for ``ttl`` seconds) is
@@ -10,7 +11,13 @@ The lock is a small JSON record (run id, host, pid, heartbeat time) changed only
   over, the heartbeat stops and the run is marked as having lost it;
 * :meth:`RunLock.check` is the fencing check: the commit calls it right before writing the COMMIT marker, and
   a run that no longer holds the lock (``LockLost``) commits nothing (its staging is discarded later);
-* release is a conditional delete of the holder's own version, so it never removes another run's lock.
+* release is a conditional delete of the holder's own version, so it never removes another run's lock;
+* fencing: each holder gets an ``epoch`` one above any seen before (the lock it replaced, ``_state/FENCE``
+  written by the last holder that recovered the output); the COMMIT markers it writes record it, and
+  :meth:`RunLock.fence` (before every publish step) stops a holder whose heartbeat has not been confirmed for
+  3/4 of the ttl, so a holder paused past the ttl stops before another run's takeover can be undone;
+* "its process is gone" is judged only for a lock taken on this host, in this boot and this PID namespace
+  (``/proc/sys/kernel/random/boot_id``, ``/proc/self/ns/pid``): a container's PIDs mean nothing outside it.
 
 Other fsspec stores create with ``pipe_file(mode="create")``, exclusive where the backend implements it (gcsfs:
 ``ifGenerationMatch=0``, marked experimental there), and replace/delete by read-compare-write, which is not
@@ -33,10 +40,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from warta.lake.store import Store
+from warta.lake.store import Store, fsync_dir
 
 log = logging.getLogger(__name__)
 LOCK = "_state/LOCK"
+FENCE = "_state/FENCE"  # the epoch of the last holder that finished recovering the output
+
+
+def _read_id(path: str) -> str | None:
+    try:
+        if path.startswith("/proc/self/ns/"):
+            return os.readlink(path)
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def process_namespace() -> dict[str, str | None]:
+    """Where a PID means this process: host name, boot, PID namespace."""
+    return {"host": socket.gethostname(), "boot_id": _read_id("/proc/sys/kernel/random/boot_id"),
+            "pid_ns": _read_id("/proc/self/ns/pid")}
 
 
 class LockedError(RuntimeError):
@@ -48,6 +72,8 @@ class LockLost(LockedError):
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:  # os.kill(0 or -1, ...) would address process groups
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -130,6 +156,9 @@ class LocalLease(Lease):
                 return None
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            fsync_dir(posixpath.dirname(self.path))
             return data
 
     def replace(self, data: bytes, version: Any) -> Any | None:
@@ -141,7 +170,10 @@ class LocalLease(Lease):
             tmp = posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")  # swept by Store.remove_temp_files
             with open(tmp, "wb") as fh:
                 fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, self.path)
+            fsync_dir(folder)
             return data
 
     def remove(self, version: Any) -> bool:
@@ -233,24 +265,39 @@ class RunLock:
         self._lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.epoch = 0
+        self._confirmed = 0.0  # time.monotonic() of the last write of the lock known to have landed
 
     def _record(self) -> bytes:
-        return json.dumps({"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                           "heartbeat": time.time()}).encode()
+        return json.dumps({"run_id": self.run_id, **process_namespace(), "pid": os.getpid(),
+                           "heartbeat": time.time(), "epoch": self.epoch}).encode()
 
     def _stale(self, held: dict[str, Any]) -> bool:
-        if held.get("host") == socket.gethostname() and not _pid_alive(int(held.get("pid", -1))):
+        here = process_namespace()
+        # a record without boot_id/pid_ns was written by an older warta: its host is all it tells
+        same_space = held.get("host") == here["host"] and all(
+            held.get(k, here[k]) == here[k] for k in ("boot_id", "pid_ns"))
+        if same_space and not _pid_alive(_int(held.get("pid"), -1)):
             return True
-        return time.time() - float(held.get("heartbeat", 0)) > self.ttl
+        return time.time() - _float(held.get("heartbeat")) > self.ttl
+
+    def _next_epoch(self, held: dict[str, Any] | None) -> int:
+        try:
+            fenced = _int(json.loads(self.store.read_bytes(FENCE)).get("epoch"), 0)
+        except (FileNotFoundError, ValueError, AttributeError):
+            fenced = 0
+        return max(fenced, _int((held or {}).get("epoch"), 0)) + 1
 
     def acquire(self) -> None:
         for _ in range(5):
             held = self.lease.read()
+            record = _parse(held[0]) if held is not None else None
+            self.epoch = self._next_epoch(record)
+            started = time.monotonic()
             data = self._record()
             if held is None:
                 version = self.lease.create(data)
             else:
-                record = _parse(held[0])
                 if not self._stale(record):
                     raise LockedError(
                         f"output is in use by run {record.get('run_id')} (host {record.get('host')}, pid "
@@ -260,15 +307,16 @@ class RunLock:
                 version = self.lease.replace(data, held[1])
             # read back: a store that ignored the condition shows the other writer's record here
             if version is not None and (self.lease.read() or (None,))[0] == data:
-                self._version = version
+                self._version, self._confirmed = version, started
                 self._thread = threading.Thread(target=self._beat, name="warta-lock", daemon=True)
                 self._thread.start()
                 return
         raise LockedError("could not take the output's lock: another run is starting at the same moment")
 
     def _beat(self) -> None:
-        while not self._stop.wait(max(1.0, self.ttl / 4)):
+        while not self._stop.wait(max(0.1, self.ttl / 4)):
             with self._mutex:
+                started = time.monotonic()
                 try:
                     version = self.lease.replace(self._record(), self._version)
                 except Exception:  # a missed heartbeat only makes the lock look older
@@ -278,7 +326,24 @@ class RunLock:
                     self._lost.set()
                     log.error("run %s lost the output's lock to another run: it will not commit", self.run_id)
                     return
-                self._version = version
+                self._version, self._confirmed = version, started
+
+    def fence(self) -> None:
+        """Cheap fencing check before each publish step: raises :class:`LockLost` once the heartbeat has lost
+        the lock, or has not confirmed it for 3/4 of the ttl (this run may have been paused long enough for
+        another to judge it dead). Stopping after the commit point is safe: the next holder replays it."""
+        if self._lost.is_set():
+            raise LockLost(f"run {self.run_id} lost {self.store.full_url(LOCK)}: it stops publishing")
+        unconfirmed = time.monotonic() - self._confirmed
+        if unconfirmed > self.ttl * 0.75:
+            self._lost.set()
+            raise LockLost(f"run {self.run_id} has not confirmed {self.store.full_url(LOCK)} for "
+                           f"{unconfirmed:.0f}s (ttl {self.ttl:g}s): it stops publishing; the next run completes it")
+
+    def recovered(self) -> None:
+        """Record that this holder (its epoch) settled every earlier run: markers older than it are zombies."""
+        self.fence()
+        self.store.write_json(FENCE, {"epoch": self.epoch, "run_id": self.run_id})
 
     def check(self) -> None:
         """Fencing check before the commit point: raises :class:`LockLost` unless this run still holds the lock."""
@@ -306,10 +371,24 @@ class RunLock:
         self.release()
 
 
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+
+
 def _parse(data: bytes) -> dict[str, Any]:
     """The lock record; an unreadable one counts as a lock without heartbeat (stale)."""
     try:
         record = json.loads(data)
-    except ValueError:
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return {}
     return record if isinstance(record, dict) else {}

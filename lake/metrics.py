@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from warta.lake.commit import RUNS
-from warta.lake.schema import ARTICLE_SCHEMA, ERROR_SCHEMA
+from warta.lake.schema import ARTICLE_READ_SCHEMA, ARTICLE_SCHEMA, ERROR_SCHEMA, upgrade_entities
 from warta.lake.state import FEEDS_FILE
 from warta.lake.store import Store
 
@@ -34,6 +34,7 @@ UNKNOWN_LANGUAGE = "??"
 DAY = "coalesce(published_at, fetched_at)::date"  # the article's day, as in the date= partitions
 DATE_PARTITION = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
 SCHEMAS = {"articles": ARTICLE_SCHEMA, "errors": ERROR_SCHEMA}
+READ_SCHEMAS = {"articles": ARTICLE_READ_SCHEMA, "errors": ERROR_SCHEMA}
 ARTICLE_COLUMNS = [c for c in ARTICLE_SCHEMA.names if c not in ("text", "entities")]
 
 
@@ -84,7 +85,7 @@ class Lake:
     lake's state (runs, feeds, backlog) as plain Python."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None, days: int = 7,
-                 until: date | None = None, now: datetime | None = None):
+                 until: date | None = None, now: datetime | None = None, copies: bool = False):
         self.store = Store(url, storage_options or {})
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
@@ -106,9 +107,15 @@ class Lake:
         self.con.execute(f"CREATE TEMP TABLE articles AS SELECT * EXCLUDE (entities), {DAY} AS day FROM article_rows")
         if until is None and not dated:
             self.window = w = self._window(days, None, now)
+        # one row per entity, under its canonical form; a syndicated copy's entities count only with ``copies``
         self.con.execute(f"CREATE TEMP TABLE mentions AS SELECT coalesce(language, ?) AS language, article_id, day, "
                          f"unnest(entities) AS e FROM (SELECT *, {DAY} AS day FROM article_rows) "
-                         f"WHERE day BETWEEN ? AND ?", [UNKNOWN_LANGUAGE, w.previous_start, w.content_end])
+                         f"WHERE day BETWEEN ? AND ? {'' if copies else 'AND duplicate_of IS NULL'}",
+                         [UNKNOWN_LANGUAGE, w.previous_start, w.content_end])
+        self.con.execute(f"CREATE TEMP TABLE untagged AS SELECT coalesce(language, ?) AS language, count(*) AS articles "
+                         f"FROM (SELECT *, {DAY} AS day FROM article_rows) WHERE day BETWEEN ? AND ? "
+                         f"AND len(coalesce(entities, [])) = 0 GROUP BY ALL ORDER BY language",
+                         [UNKNOWN_LANGUAGE, w.content_start, w.content_end])
         self.con.register("error_rows", self.read("errors", self.since(self.files["errors"], w.ops_start.date())))
         self.con.execute('CREATE TEMP TABLE errors AS SELECT * FROM error_rows WHERE "at" BETWEEN ? AND ?',
                          [w.ops_start, w.ops_end])
@@ -116,13 +123,13 @@ class Lake:
     def read(self, dataset: str, files: list[str], columns: list[str] | None = None) -> pa.Table:
         """The contract's ``columns`` of the files, as one Arrow table: columns other writers added are left
         out, columns older files lack are null."""
-        schema = SCHEMAS[dataset]
+        schema = READ_SCHEMAS[dataset]  # entities of either schema version (upgraded below)
         schema = pa.schema([schema.field(c) for c in columns]) if columns else schema
         if not files:
-            return schema.empty_table()
+            return upgrade_entities(schema.empty_table())
         paths = [self.store.path(rel) for rel in files]
-        return ds.dataset(paths, schema=schema, format="parquet",
-                          filesystem=None if self.store.is_local else self.store.fs).to_table()
+        return upgrade_entities(ds.dataset(paths, schema=schema, format="parquet",
+                                           filesystem=None if self.store.is_local else self.store.fs).to_table())
 
     @staticmethod
     def since(files: list[str], day: date) -> list[str]:
@@ -268,11 +275,13 @@ def syndication(lake: Lake, clusters: int = 10) -> dict[str, Any]:
 # -- 4. entities -----------------------------------------------------------------------------------
 def entities(lake: Lake, top: int = 10) -> dict[str, list[dict[str, Any]]]:
     """Per language: the ``top`` entities of each label by articles mentioning them in the window, and the
-    ``top`` rising most against the previous window of the same length (articles now minus then)."""
+    ``top`` rising most against the previous window of the same length (articles now minus then). Entities
+    are counted under their canonical form (``canonical``: "Putin" in an article naming "Vladimir Putin" is
+    him); syndicated copies are left out unless the lake was opened with ``copies``."""
     w = lake.window
     lake.con.execute(
         "CREATE OR REPLACE TEMP TABLE entity_counts AS "
-        "SELECT language, e.label AS label, e.text AS text, "
+        "SELECT language, e.label AS label, coalesce(e.canonical, e.mention) AS text, "
         "count(DISTINCT article_id) FILTER (WHERE day >= ?) AS articles, "
         "count(DISTINCT article_id) FILTER (WHERE day < ?) AS previous "
         "FROM mentions GROUP BY ALL", [w.content_start, w.content_start])
@@ -286,6 +295,14 @@ def entities(lake: Lake, top: int = 10) -> dict[str, list[dict[str, Any]]]:
         "QUALIFY row_number() OVER (PARTITION BY language ORDER BY articles - previous DESC, articles DESC, "
         "text, label) <= ? ORDER BY language, rise DESC, articles DESC, text, label", top)
     return {"top": tops, "rising": rising}
+
+
+def untagged(lake: Lake) -> dict[str, Any]:
+    """Articles of the window without entities, per language, and the languages the runs of the operations
+    window found no NER model for (their ``no_model`` summaries)."""
+    no_model = sorted({lang for m in lake.runs(lake.window.ops_start)
+                       for lang in ((m.get("summary") or {}).get("no_model") or {})})
+    return {"per_language": lake.sql("SELECT language, articles FROM untagged"), "no_model": no_model}
 
 
 # -- 5. runs ---------------------------------------------------------------------------------------
@@ -318,6 +335,8 @@ class Metrics:
     syndication: dict[str, Any]
     entities: dict[str, list[dict[str, Any]]]
     runs: list[dict[str, Any]]
+    untagged: dict[str, Any] = field(default_factory=lambda: {"per_language": [], "no_model": []})
+    copies_counted: bool = False  # entity counts include syndicated copies
     generated_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     def to_json(self) -> str:
@@ -325,9 +344,9 @@ class Metrics:
 
 
 def collect(url: str, storage_options: dict[str, Any] | None = None, days: int = 7,
-            until: date | None = None) -> Metrics:
-    lake = Lake(url, storage_options, days, until)
+            until: date | None = None, copies: bool = False) -> Metrics:
+    lake = Lake(url, storage_options, days, until, copies=copies)
     return Metrics(lake=url, window=lake.window, outlets=outlets(lake), articles_per_day=articles_per_day(lake),
                    feed_health=feed_health(lake), errors_by_stage=errors_by_stage(lake),
                    errors_by_status=errors_by_status(lake), syndication=syndication(lake), entities=entities(lake),
-                   runs=run_history(lake))
+                   runs=run_history(lake), untagged=untagged(lake), copies_counted=copies)

@@ -1,13 +1,17 @@
 """The lake's storage: any fsspec URL, with writes that readers never see half-done.
 
 Object stores make each PUT visible atomically; on a local (or other POSIX-like) filesystem we write
-to a hidden temporary name in the same directory and rename it into place.
+to a hidden temporary name in the same directory and rename it into place. Durable writes (JSON: COMMIT
+markers and state; copies: what a commit publishes; compacted files) also fsync the file before the rename and
+the directory after it, so a power loss leaves the old file or the whole new one, never an empty marker.
+Staged worker output is not fsynced: it is redone when lost, as the marker that would name it was not written.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import posixpath
 import uuid
 from dataclasses import dataclass, field
@@ -88,22 +92,30 @@ class Store:
             return pq.read_table(fh)
 
     # -- writing ------------------------------------------------------------------------------
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        """Write so that readers see the old file or the whole new one, never a part."""
+    def write_bytes(self, rel: str, data: bytes, durable: bool = False) -> None:
+        """Write so that readers see the old file or the whole new one, never a part; ``durable``: and so
+        that it survives a power loss once this returns (local disks; object stores are durable per PUT)."""
         target = self.path(rel)
         parent = posixpath.dirname(target)
         if self.is_local:
+            made = not os.path.isdir(parent)
             self.fs.makedirs(parent, exist_ok=True)
             tmp = posixpath.join(parent, f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp")
-            with self.fs.open(tmp, "wb") as fh:
+            with open(tmp, "wb") as fh:
                 fh.write(data)
-                fh.flush()
-            self.fs.mv(tmp, target)
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, target)
+            if durable:
+                fsync_dir(parent)
+                if made:  # the new folder's own entry
+                    fsync_dir(posixpath.dirname(parent))
         else:
             self.fs.pipe_file(target, data)
 
     def write_json(self, rel: str, obj: Any) -> None:
-        self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True, default=str).encode("utf-8"))
+        self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True, default=str).encode("utf-8"), durable=True)
 
     def write_table(self, rel: str, table: pa.Table) -> None:
         buf = io.BytesIO()
@@ -112,7 +124,7 @@ class Store:
 
     def copy(self, src_rel: str, dst_rel: str) -> None:
         """Idempotent, atomic-for-readers copy (used by commits; reruns overwrite with the same bytes)."""
-        self.write_bytes(dst_rel, self.read_bytes(src_rel))
+        self.write_bytes(dst_rel, self.read_bytes(src_rel), durable=True)
 
     def remove(self, rel: str, recursive: bool = False) -> None:
         try:
@@ -138,3 +150,17 @@ class Store:
         probe = f"_state/.probe-{uuid.uuid4().hex}"
         self.write_bytes(probe, b"ok")
         self.remove(probe)
+
+
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries (a rename, a new file) durable; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -29,6 +29,8 @@ import charset_normalizer
 import requests
 from protego import Protego
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
@@ -37,6 +39,7 @@ from warta.net.urls import url_problem
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 CHUNK = 16 * 1024
+ROBOTS_MAX = 500 * 1024
 
 
 class FetchError(Exception):
@@ -121,17 +124,133 @@ def check_scheme(url: str) -> None:
         raise FetchError(f"unsupported URL scheme {scheme or '(none)'!r}: not followed", url=url)
 
 
+def private_ip(address: str) -> bool:
+    """True for a loopback, private, link-local or otherwise non-public address."""
+    return not ipaddress.ip_address(address.split("%")[0]).is_global
+
+
 def is_private_host(host: str) -> bool:
-    """True when ``host`` resolves to a loopback, private, link-local or otherwise non-public address."""
+    """True when ``host`` resolves to a non-public address, or does not resolve at all (fail closed)."""
     try:
-        infos = socket.getaddrinfo(host, None)
-    except socket.gaierror:
-        return False  # unresolvable: the request itself will fail and be recorded
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not ip.is_global:
-            return True
-    return False
+        return any(private_ip(info[4][0]) for info in socket.getaddrinfo(host, None))
+    except (OSError, UnicodeError, ValueError):
+        return True
+
+
+class BlockedAddress(Exception):
+    """A connection refused by ``block_private_addresses`` (not an OSError: urllib3 must not retry it)."""
+
+
+def checked_address(host: str, port: int) -> str:
+    """Resolve ``host`` once and return the public address to connect to; raise :class:`BlockedAddress`
+    when any address it resolves to is private or the lookup fails. The connection is then made to exactly
+    this address (Host header and SNI keep the name), so a second lookup cannot rebind it."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError) as e:
+        raise BlockedAddress(f"host {host} could not be resolved ({type(e).__name__}): blocked by configuration") from None
+    addresses = [info[4][0] for info in infos]
+    if not addresses or any(private_ip(a) for a in addresses):
+        raise BlockedAddress(f"host {host} resolves to a private address: blocked by configuration")
+    return addresses[0]
+
+
+class Guard:
+    """The bounds of one :meth:`HttpClient.get`, seen by the connections it opens (thread-local): a watchdog
+    that shuts down every socket of the request at the deadline (a server dripping headers, a gzip header or
+    chunks one byte at a time cannot hold it longer), and the address check of ``block_private_addresses``."""
+
+    _local = threading.local()
+
+    def __init__(self, seconds: float, block_private: bool):
+        self.block_private = block_private
+        self.fired = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    @classmethod
+    def current(cls) -> Guard | None:
+        return getattr(cls._local, "guard", None)
+
+    def __enter__(self) -> Guard:
+        self._outer = Guard.current()
+        Guard._local.guard = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        Guard._local.guard = self._outer
+
+    def watch(self, sock) -> None:
+        with self._lock:
+            if sock in self._socks:
+                return
+            self._socks.append(sock)
+            if self.fired:
+                _shutdown(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._socks:
+                _shutdown(sock)
+
+
+def _shutdown(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class GuardedConnection:
+    """Mixed into urllib3's connections: connect to the checked address, and let the guard watch the socket."""
+
+    def _new_conn(self):
+        guard = Guard.current()
+        if guard is None or not guard.block_private:
+            sock = super()._new_conn()
+        else:
+            name = self._dns_host
+            self._dns_host = checked_address(name, self.port)  # the name stays in Host and SNI (self.host
+            try:                                               # is read again after the socket is made)
+                sock = super()._new_conn()
+            finally:
+                self._dns_host = name
+        if guard is not None:
+            guard.watch(sock)
+        return sock
+
+    def getresponse(self, *args, **kwargs):
+        guard = Guard.current()
+        if guard is not None and self.sock is not None:  # a kept-alive connection: watched from here on
+            guard.watch(self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+class GuardedHTTPConnection(GuardedConnection, HTTPConnection):
+    pass
+
+
+class GuardedHTTPSConnection(GuardedConnection, HTTPSConnection):
+    pass
+
+
+class GuardedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = GuardedHTTPConnection
+
+
+class GuardedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = GuardedHTTPSConnection
+
+
+class GuardedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": GuardedHTTPPool, "https": GuardedHTTPSPool}
 
 
 BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
@@ -139,14 +258,27 @@ META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([\w.:-]+)", re.I)
 XML_ENCODING = re.compile(rb"^\s*<\?xml[^>]+encoding\s*=\s*[\"']([\w.:-]+)")
 
 
+# the WHATWG Encoding Standard's text encodings, by Python codec name: a label naming anything else (zlib,
+# base64, rot13, uu, punycode...) is no charset here, whatever Python's codec registry would do with it
+TEXT_CODECS = frozenset((
+    "utf-8", "cp866", "iso8859-2", "iso8859-3", "iso8859-4", "iso8859-5", "iso8859-6", "iso8859-7", "iso8859-8",
+    "iso8859-10", "iso8859-13", "iso8859-14", "iso8859-15", "iso8859-16", "koi8-r", "koi8-u", "mac-roman",
+    "cp874", "cp1250", "cp1251", "cp1252", "cp1253", "cp1254", "cp1255", "cp1256", "cp1257", "cp1258",
+    "mac-cyrillic", "gbk", "gb18030", "big5", "euc_jp", "iso2022_jp", "shift_jis", "euc_kr", "utf-16-be",
+    "utf-16-le"))
+WHATWG_ALIASES = {"iso8859-1": "cp1252", "ascii": "cp1252", "iso8859-9": "cp1254", "iso8859-11": "cp874",
+                  "tis-620": "cp874", "gb2312": "gbk", "utf-16": "utf-16-le", "cp949": "euc_kr"}
+
+
 def codec_name(label: str | None) -> str | None:
-    """Python's name for a charset label; None when unknown. Like browsers (WHATWG Encoding), ``iso-8859-1``
-    and ``us-ascii`` labels mean windows-1252."""
+    """Python's name for a charset label; None when unknown or not a WHATWG text encoding. Like browsers
+    (WHATWG Encoding), ``iso-8859-1`` and ``us-ascii`` labels mean windows-1252."""
     try:
         name = codecs.lookup(label.strip()).name if label else None
-    except LookupError:
+    except (LookupError, ValueError, TypeError):
         return None
-    return "cp1252" if name in ("iso8859-1", "ascii") else name
+    name = WHATWG_ALIASES.get(name, name)
+    return name if name in TEXT_CODECS else None
 
 
 def utf8_counts(body: bytes) -> tuple[int, int]:
@@ -219,7 +351,7 @@ class HttpClient:
             raise_on_status=False, respect_retry_after_header=True,
         )
         retry.max_retry_after = settings.max_retry_after
-        adapter = HTTPAdapter(max_retries=retry, pool_connections=64, pool_maxsize=64)
+        adapter = GuardedAdapter(max_retries=retry, pool_connections=64, pool_maxsize=64)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.throttle = HostThrottle(settings.host_delay)
@@ -237,19 +369,21 @@ class HttpClient:
         problem = url_problem(url)
         if problem:
             raise FetchError(f"{problem}: not followed", url=url)
-        host = urlsplit(url).hostname or ""
-        if self.settings.block_private_addresses and is_private_host(host):
-            raise FetchError(f"host {host} resolves to a private address: blocked by configuration", url=url)
+        # the address itself is checked when connecting (GuardedConnection): resolved once, pinned, fail closed
 
-    def _open(self, url: str, headers: dict[str, str] | None) -> requests.Response:
+    def _open(self, url: str, headers: dict[str, str] | None, hop=None) -> requests.Response:
         """The final response of ``url``, redirects followed one hop at a time, each hop checked."""
-        for _ in range(self.settings.max_redirects + 1):
+        for n in range(self.settings.max_redirects + 1):
             try:
                 self.check_target(url)
+                if n and hop is not None:
+                    hop(url)
                 resp = self.session.get(url, headers=headers, stream=True, allow_redirects=False,
                                         timeout=(self.settings.connect_timeout, self.settings.read_timeout))
             except FetchError:
                 raise
+            except BlockedAddress as e:
+                raise FetchError(str(e), url=url) from None
             except requests.exceptions.RetryError as e:
                 raise FetchError(f"gave up after retries: {e}", url=url) from None
             except Exception as e:  # requests, urllib3 (LocationParseError), socket, idna: all one failure
@@ -265,12 +399,28 @@ class HttpClient:
             resp.close()
         raise FetchError(f"more than {self.settings.max_redirects} redirects", url=url)
 
-    def get(self, url: str, *, max_bytes: int | None = None, headers: dict[str, str] | None = None) -> Response:
+    def get(self, url: str, *, max_bytes: int | None = None, headers: dict[str, str] | None = None,
+            truncate: bool = False, hop=None) -> Response:
         """GET with every bound applied. Raises :class:`FetchError` (:class:`HostDeferred` when the host asks
-        for more than ``max_retry_after``); other HTTP errors are returned, not raised."""
-        limit = max_bytes or self.settings.max_bytes
-        deadline = time.monotonic() + self.settings.total_timeout
-        resp = self._open(url, headers)
+        for more than ``max_retry_after``); other HTTP errors are returned, not raised (``truncate``: a body over
+        ``max_bytes`` is cut there instead of failing). ``hop(url)`` is called before each redirect hop is
+        requested. ``total_timeout`` is a
+        wall clock over the whole exchange (redirects, retries, headers, body): the :class:`Guard` shuts the
+        sockets down at the deadline however the server drips."""
+        with Guard(self.settings.total_timeout, self.settings.block_private_addresses) as guard:
+            try:
+                return self._get(url, max_bytes or self.settings.max_bytes, headers, guard, truncate, hop)
+            except FetchError as e:
+                if guard.fired and not isinstance(e, HostDeferred):
+                    raise self._late(url) from None
+                raise
+
+    def _late(self, url: str) -> FetchError:
+        return FetchError(f"response not complete within {self.settings.total_timeout:g}s", url=url)
+
+    def _get(self, url: str, limit: int, headers: dict[str, str] | None, guard: Guard, truncate: bool,
+             hop) -> Response:
+        resp = self._open(url, headers, hop)
         try:
             wait = retry_after_seconds(resp.headers.get("Retry-After"))
             if (resp.status_code == 429 or resp.status_code >= 500) and (wait or 0) > self.settings.max_retry_after:
@@ -282,15 +432,20 @@ class HttpClient:
                                    status=429, url=url)
             chunks, size = [], 0
             while True:
-                if time.monotonic() > deadline:
-                    raise FetchError(f"response not complete within {self.settings.total_timeout:g}s", url=url)
+                if guard.fired:
+                    raise self._late(url)
                 chunk = resp.raw.read1(CHUNK, decode_content=True)
                 if not chunk:
                     break
                 size += len(chunk)
+                if size > limit and truncate:
+                    chunks.append(chunk[:len(chunk) - (size - limit)])
+                    break
                 if size > limit:
                     raise FetchError(f"body larger than {limit} bytes (decoded)", status=resp.status_code, url=url)
                 chunks.append(chunk)
+            if guard.fired:  # a socket shut down by the watchdog reads as a (truncated) end of body
+                raise self._late(url)
         except FetchError:
             raise
         except Exception as e:  # urllib3 decode errors, resets mid-body, timeouts
@@ -311,7 +466,8 @@ class HttpClient:
             if origin in self._robots:
                 return self._robots[origin]
         try:
-            resp = self.get(origin + "/robots.txt", max_bytes=512_000)
+            # RFC 9309: parse at least 500 KiB; a longer file is cut there and parsed, not refused
+            resp = self.get(origin + "/robots.txt", max_bytes=ROBOTS_MAX, truncate=True)
         except HostDeferred:
             raise
         except FetchError as e:
@@ -357,7 +513,7 @@ class HttpClient:
             with self.throttle.lock(host):
                 self.throttle.wait(host)
                 try:
-                    return self.get(url, **kwargs)
+                    return self.get(url, hop=lambda target: self._redirect_hop(host, target), **kwargs)
                 finally:  # the delay runs from the end of one request to the start of the next
                     self.throttle.done(host, self.crawl_delay(url))
         except HostDeferred as e:
@@ -367,6 +523,20 @@ class HttpClient:
             raise
         except Exception as e:  # whatever a library raises on hostile input is this URL's failure
             raise FetchError(f"{type(e).__name__}: {_short(e)}", url=url) from None
+
+
+    def _redirect_hop(self, host: str, url: str) -> None:
+        """A redirect to another host obeys that host's deferral, robots.txt and throttle."""
+        other = urlsplit(url).netloc.lower()
+        if other == host:
+            return
+        if other in self._deferred:
+            why = self._deferred[other]
+            raise HostDeferred(str(why), status=why.status, url=url)
+        if not self.allowed(url):
+            raise FetchError("redirect target disallowed by robots.txt", stage="robots", url=url)
+        self.throttle.wait(other)  # not under the other host's lock: two hosts redirecting to each other
+        self.throttle.done(other, self.crawl_delay(url))  # must not wait on each other
 
 
 def _short(e: Exception, limit: int = 300) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,39 +26,47 @@ from typing import Any
 import apache_beam as beam
 import fsspec
 
-from warta.config.settings import DEFAULT_FEEDS, ConfigError, Settings, load_feeds, load_settings
-from warta.lake.commit import LockedError, RunLock, commit, new_run_id, recover, summarize_staged
+from warta.config.settings import DEFAULT_FEEDS, ConfigError, Settings, load_feeds
+from warta.lake.commit import RunLock, commit, new_run_id, recover, summarize_staged
 from warta.lake.failures import load_failures
-from warta.lake.schema import staging_dir
-from warta.lake.state import key64, load_index, with_lake_layout
+from warta.lake.schema import ERROR_SCHEMA, staging_dir
+from warta.lake.state import key64, open_index, with_lake_layout
 from warta.lake.store import Store
 from warta.net.http import HttpClient
 from warta.net.urls import host_of, normalize_url
 from warta.pipeline.build import Plan, load_seen, process_entries, process_pages
-from warta.pipeline.exits import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK
+from warta.pipeline.command import (
+    Exit,
+    add_log_level,
+    command,
+    command_parser,
+    lock_or_exit,
+    settings_or_exit,
+    start_logging,
+)
+from warta.pipeline.exits import EXIT_CONFIG, EXIT_OK
 from warta.pipeline.options import add_setting_overrides, parse_duration, setting_overrides, usable_cpus
-from warta.pipeline.progress import setup_logging
 from warta.pipeline.runner import beam_options, execute, local_dask_cluster, parallel_layout, sized_to_machine
 from warta.transforms.discover import Discovery
 from warta.transforms.fetch import host_pace
 from warta.transforms.ner import PreloadModels
 from warta.transforms.records import utcnow
 from warta.transforms.warc import SKIPS, ReadWarc, sites_from, warc_counts
+from warta.transforms.write import partition_of, rows_table
 
 log = logging.getLogger("warta")
 STATE_DIR = "backfill"  # under _state/ once committed
 
 
-def _common_flags(ap: argparse.ArgumentParser) -> None:
+def _common_flags(ap: argparse.ArgumentParser, fetch: bool = True) -> None:
     ap.add_argument("--output", required=True, help="lake root: local path or fsspec URL")
     ap.add_argument("--config", type=Path, help="settings YAML (as for `warta run`)")
     ap.add_argument("--runner", default=None, help="direct (default), dask, or any Beam runner name")
     ap.add_argument("--workers", type=int, metavar="N",
                     help="worker processes on the DirectRunner (default: the CPUs this process may use)")
     ap.add_argument("--dask-address", help="tcp://HOST:PORT of a dask scheduler (default: start a local cluster)")
-    add_setting_overrides(ap)
-    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    ap.add_argument("--verbose", action="store_true", help="show Beam's and the libraries' own log messages")
+    add_setting_overrides(ap, fetch)
+    add_log_level(ap, verbose=True)
 
 
 def _parse(ap: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -69,8 +76,8 @@ def _parse(ap: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Names
 
 
 def backfill_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="warta backfill", description="Discover the older articles of each feed's site (paged feeds, "
+    ap = command_parser(
+        "warta backfill", log_level=False, description="Discover the older articles of each feed's site (paged feeds, "
         "sitemaps) published since a date, then fetch, extract, deduplicate, tag and commit them like a poll. "
         "Resumable: rerun to continue. Beam pipeline options go after `--`.")
     ap.add_argument("--feeds", type=Path, default=DEFAULT_FEEDS, help="feeds YAML (default: %(default)s)")
@@ -84,37 +91,41 @@ def backfill_parser() -> argparse.ArgumentParser:
 
 
 def archive_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="warta archive", description="Read HTML responses of the wanted domains from WARC files (any "
+    ap = command_parser(
+        "warta archive", log_level=False, description="Read HTML responses of the wanted domains from WARC files (any "
         "fsspec URL or glob) and extract, deduplicate, tag and commit them; nothing is fetched. Each file is "
         "a unit of work. Beam pipeline options go after `--`.")
     ap.add_argument("--warc", nargs="+", required=True, metavar="PATH_OR_URL", help="WARC files (.warc, .warc.gz)")
     wanted = ap.add_mutually_exclusive_group(required=True)
     wanted.add_argument("--feeds", type=Path, help="keep pages of these feeds' sites (source = feed name)")
     wanted.add_argument("--domains", help="comma-separated domains to keep (source = domain)")
-    _common_flags(ap)
+    _common_flags(ap, fetch=False)
     return ap
 
 
 def _setup(ns: argparse.Namespace, feeds_path: Path | None) -> tuple[Settings, list, Store]:
-    """Settings, feeds and a writable store, or ConfigError."""
-    settings = load_settings(ns.config, setting_overrides(ns))
+    """Settings, feeds and a writable store, or exit 2."""
+    settings = settings_or_exit(ns.config, setting_overrides(ns))
     ns.runner = ns.runner or settings.runner  # the flag wins over the settings file
-    feeds = load_feeds(feeds_path) if feeds_path else []
+    try:
+        feeds = load_feeds(feeds_path) if feeds_path else []
+    except ConfigError as e:
+        raise Exit(EXIT_CONFIG, f"configuration error: {e}") from None
     store = Store(ns.output, settings.storage_options)
     try:
         store.check_writable()
     except Exception as e:
-        raise ConfigError(f"output {ns.output} is not writable: {type(e).__name__}: {e}") from None
+        raise Exit(EXIT_CONFIG, f"configuration error: output {ns.output} is not writable: "
+                                f"{type(e).__name__}: {e}") from None
     return with_lake_layout(settings, store), feeds, store
 
 
 def run_pipeline(store: Store, settings: Settings, feeds: list, options, ns: argparse.Namespace,
                  build: Callable[[beam.Pipeline, Plan], Any] | None, state: dict[str, Any],
-                 fence: Callable[[], None], extra_stats: Callable[[Store, str], dict[str, int]] | None = None
-                 ) -> dict[str, Any]:
-    """One bounded run: ``build`` the pipeline (if any), stage the ``state`` files, commit (``fence``: the
-    lock's check). Returns the stats (``extra_stats`` adds counts read from the staged files before they go)."""
+                 lock: RunLock, extra_stats: Callable[[Store, str], dict[str, int]] | None = None,
+                 errors: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """One bounded run: ``build`` the pipeline (if any), stage the ``state`` files, commit (fenced by the
+    run's ``lock``). Returns the stats (``extra_stats`` adds counts read from the staged files before they go)."""
     run_id = new_run_id()
     if build is not None:
         workers, ner_batching, join_sinks = parallel_layout(options, ns.runner, settings)
@@ -123,36 +134,34 @@ def run_pipeline(store: Store, settings: Settings, feeds: list, options, ns: arg
         execute(build, plan, options, ns.runner, ns.verbose)
     for rel, obj in state.items():
         store.write_json(f"{staging_dir(run_id)}/{rel}", obj)
+    by_day: dict[str, list] = {}
+    for row in errors:  # discovery's own error rows (a corrupt sitemap)
+        by_day.setdefault(partition_of(row, "errors"), []).append(row)
+    for part, rows in by_day.items():
+        store.write_table(f"{staging_dir(run_id)}/errors/{part}/part-{run_id}-discovery.parquet",
+                          rows_table(rows, ERROR_SCHEMA, "url"))
     stats = {"run_id": run_id, **summarize_staged(store, run_id)}
     stats.pop("languages")
     if extra_stats:
         stats.update(extra_stats(store, run_id))
-    commit(store, run_id, stats, settings.dedup.window_days, fence=fence)
+    commit(store, run_id, stats, settings.dedup.window_days, lock=lock)
     return stats
 
 
 def _run(argv: list[str], parser: Callable[[], argparse.ArgumentParser], body) -> int:
     ns, beam_args = _parse(parser(), argv)
-    setup_logging(ns.log_level, ns.verbose)
+    start_logging(ns)
     with ExitStack() as stack:
-        try:
-            settings, feeds, store = _setup(ns, ns.feeds)
-        except ConfigError as e:
-            print(f"warta: configuration error: {e}", file=sys.stderr)
-            return EXIT_CONFIG
+        settings, feeds, store = _setup(ns, ns.feeds)
         dask_address = ns.dask_address
         if (ns.runner or "").lower() == "dask" and not dask_address:
             dask_address = stack.enter_context(local_dask_cluster())
         options = beam_options(beam_args, ns.runner, dask_address, max(1, ns.workers or usable_cpus()),
                                quiet=not ns.verbose)
         settings = sized_to_machine(settings, options, ns.runner)
-        try:
-            with RunLock(store, new_run_id(), ttl=settings.lock_ttl) as lock:
-                recover(store, settings.dedup.window_days)
-                summary = body(ns, settings, feeds, store, options, lock.check)
-        except LockedError as e:
-            print(f"warta: {e}", file=sys.stderr)
-            return EXIT_LOCKED
+        with lock_or_exit(), RunLock(store, new_run_id(), ttl=settings.lock_ttl) as lock:
+            recover(store, settings.dedup.window_days, lock)
+            summary = body(ns, settings, feeds, store, options, lock)
     log.info(summary)  # the last line, after a local dask cluster's shutdown notices
     return EXIT_OK
 
@@ -177,7 +186,7 @@ def take_chunk(pending: list[dict[str, Any]], size: int, seconds: float, delay: 
     return chunk
 
 
-def _backfill(ns, settings: Settings, feeds: list, store: Store, options, fence) -> str:
+def _backfill(ns, settings: Settings, feeds: list, store: Store, options, lock: RunLock) -> str:
     t0 = time.monotonic()
     deadline = t0 + ns.max_run_time
     c = Counter()
@@ -190,10 +199,12 @@ def _backfill(ns, settings: Settings, feeds: list, store: Store, options, fence)
             before, counts = len(d.entries), dict(d.counts)
             d.run(client, deadline)
             c["discovered"] += len(d.entries) - before
-            c.update({k: d.counts[k] - counts[k] for k in d.counts})
-            run_pipeline(store, settings, feeds, options, ns, None, {state_file(d.feed): d.state()}, fence)
+            c.update({k: d.counts[k] - counts.get(k, 0) for k in d.counts})
+            run_pipeline(store, settings, feeds, options, ns, None, {state_file(d.feed): d.state()}, lock,
+                         errors=d.errors)
+            d.errors = []
         ready = [d for d in found if d.done]
-        seen, failures, now = load_index(store).url_keys, load_failures(store), utcnow()
+        seen, failures, now = open_index(store).url_keys, load_failures(store), utcnow()
         for d in ready:  # in the lake (polled, archived, backfilled before) or failed and not due yet: no request
             keys = {k: key64(normalize_url(e["url"])) for k, e in d.entries.items()}
             known = [k for k, key in keys.items() if key in seen]
@@ -213,7 +224,7 @@ def _backfill(ns, settings: Settings, feeds: list, store: Store, options, fence)
             for k in keys:
                 del owner[k].entries[k]
             stats = run_pipeline(store, settings, feeds, options, ns, _chunk_builder(chunk),
-                                 {state_file(d.feed): d.state() for d in touched}, fence)
+                                 {state_file(d.feed): d.state() for d in touched}, lock)
             c.update({k: stats[k] for k in ("pages_fetched", "articles_written", "errors_written", "entities")})
             pending = [(k, e) for k, e in pending if k not in keys]
     finally:
@@ -238,6 +249,7 @@ def _chunk_builder(chunk: list[dict[str, Any]]):
     return build
 
 
+@command("warta backfill")
 def backfill(argv: list[str]) -> int:
     return _run(argv, backfill_parser, _backfill)
 
@@ -249,7 +261,7 @@ def warc_urls(paths: list[str], storage_options: dict[str, Any]) -> list[str]:
     return sorted({f.fs.unstrip_protocol(f.path) for f in files})
 
 
-def _archive(ns, settings: Settings, feeds: list, store: Store, options, fence) -> str:
+def _archive(ns, settings: Settings, feeds: list, store: Store, options, lock: RunLock) -> str:
     t0 = time.monotonic()
     sites = sites_from(feeds, ns.domains.split(",") if ns.domains else [])
     urls = warc_urls(ns.warc, settings.storage_options)
@@ -263,7 +275,7 @@ def _archive(ns, settings: Settings, feeds: list, store: Store, options, fence) 
                                          groups=plan.workers))
         return process_pages(read.pages, plan, errors=[read.errors])
 
-    stats = run_pipeline(store, settings, feeds, options, ns, build, {}, fence, extra_stats=warc_counts)
+    stats = run_pipeline(store, settings, feeds, options, ns, build, {}, lock, extra_stats=warc_counts)
     skipped = " ".join(f"{k.replace('_', '-')}={stats.get(k, 0)}" for k in SKIPS)
     return (f"warta archive: files={len(urls)} records={stats.get('records', 0)} | skipped {skipped} "
             f"| pages read={stats.get('pages', 0)} extracted={stats['pages_extracted']} "
@@ -272,5 +284,6 @@ def _archive(ns, settings: Settings, feeds: list, store: Store, options, fence) 
             f"| errors={stats['errors_written']} | {time.monotonic() - t0:.1f}s")
 
 
+@command("warta archive")
 def archive(argv: list[str]) -> int:
     return _run(argv, archive_parser, _archive)

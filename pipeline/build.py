@@ -14,28 +14,29 @@ from warta.lake.commit import INPUT, backlog_entries
 from warta.lake.failures import Failures, load_failures
 from warta.lake.faults import kill_point
 from warta.lake.schema import staging_dir
-from warta.lake.state import FEEDS_FILE, IndexSnapshot, load_index
+from warta.lake.state import FEEDS_FILE, LakeIndex, open_index
 from warta.lake.store import Store
 from warta.pipeline.progress import count
 from warta.transforms.dedup import Deduplicate
 from warta.transforms.extract import ExtractArticles
 from warta.transforms.feeds import PollFeeds
 from warta.transforms.fetch import FetchPages
-from warta.transforms.ner import PreloadModels, TagEntities, known_languages, model_paths
+from warta.transforms.ner import PreloadModels, TagEntities, known_languages, model_source
 from warta.transforms.records import RecordFailures
 from warta.transforms.write import WriteDataset, WriteState, write_summary
 
-_SNAPSHOT: dict[tuple, IndexSnapshot] = {}
+_SNAPSHOT: dict[tuple, LakeIndex] = {}
 _SNAPSHOT_LOCK = threading.Lock()
 
 
-def load_snapshot(store: Store, window_days: int, run_id: str) -> IndexSnapshot:
-    """The state index, read once per worker process and run (polling and dedup share it)."""
+def load_snapshot(store: Store, window_days: int, run_id: str) -> LakeIndex:
+    """The state index, opened once per worker process and run (polling and dedup share it): the parts
+    since the last fold in memory, the fold read per key range as lookups need it."""
     key = (store.url, window_days, run_id)
     with _SNAPSHOT_LOCK:
         if key not in _SNAPSHOT:
             _SNAPSHOT.clear()  # keep only the current run's snapshot
-            _SNAPSHOT[key] = load_index(store, window_days=window_days)
+            _SNAPSHOT[key] = open_index(store, window_days=window_days)
         return _SNAPSHOT[key]
 
 
@@ -52,7 +53,7 @@ def load_failures_once(store: Store, run_id: str) -> Failures:
         return _FAILURES[key]
 
 
-def load_seen(store: Store, window_days: int, run_id: str) -> set[int]:
+def load_seen(store: Store, window_days: int, run_id: str):
     return load_snapshot(store, window_days, run_id).url_keys
 
 
@@ -158,10 +159,13 @@ class Plan:
         """Languages whose NER models workers load as soon as they start (those the feeds declare)."""
         return tuple(sorted({f.language for f in self.feeds if f.language})) if self.settings.ner.enabled else ()
 
-    def ner_paths(self) -> dict[str, dict[str, str] | None]:
+    def ner_paths(self) -> dict[str, str | None]:
+        """Language -> where this machine (the launcher) finds its NER model ("warta", "config", "model_dir",
+        "stanza"), or None. Only that name goes into the job: each worker finds the files itself, and fails the
+        run when it has no model where the launcher had one (transforms/ner.py, Tagger.local_paths)."""
         langs = known_languages(self.settings.ner) | {f.language for f in self.feeds if f.language}
         # detected languages without a model get None at tagging time
-        return {lang: model_paths(lang, self.settings.ner) for lang in sorted(langs)}
+        return {lang: found[0] if (found := model_source(lang, self.settings.ner)) else None for lang in sorted(langs)}
 
 
 def build(p: beam.Pipeline, plan: Plan) -> tuple:
@@ -204,13 +208,15 @@ def process_pages(pages, plan: Plan, errors=(), feed_state=None, written=()) -> 
     ``errors``: error PCollections of the stages before; ``feed_state``: feed states to stage, if any;
     ``written``: sinks of the stages before (all sinks are joined on runners that need it)."""
     s = plan.settings
-    # Fetch -> Extract -> Tag run fused in each worker, with no shuffle between them: tagging starts
-    # with the first pages while the rest are still arriving. Deduplication needs every article of the
-    # run in one place, so it comes after (exact duplicates are rare by then: URLs are deduplicated above).
+    # On the DirectRunner, Fetch -> Extract -> Tag run fused in each worker, with no shuffle between them:
+    # tagging starts with the first pages while the rest are still arriving. On a cluster the articles are
+    # shuffled over all its workers before tagging (TagEntities' batching, spread over plan.workers slots).
+    # Deduplication (keyed by key range and cluster, transforms.dedup) comes after (exact duplicates are
+    # rare by then: URLs are deduplicated above).
     extracted = pages | "ExtractArticles" >> ExtractArticles(
         s.min_text_chars, profiles={h: p.model_dump() for h, p in s.extract.profiles.items()})
     tagged = extracted.articles | "TagEntities" >> TagEntities(s.ner, plan.ner_paths(), plan.ner_batching,
-                                                               plan.preload)
+                                                               plan.preload, spread=plan.workers)
     deduped = (tagged.articles | "CountTagged" >> beam.Map(count, plan.progress_dir, "tagged")
                | "Deduplicate" >> Deduplicate(s.dedup, partial(load_snapshot, plan.store, s.dedup.window_days,
                                                               plan.run_id)))
@@ -227,6 +233,8 @@ def process_pages(pages, plan: Plan, errors=(), feed_state=None, written=()) -> 
                        | "WriteFeedState" >> WriteState(plan.store, plan.run_id, "feeds", shards))
     if plan.join_sinks:
         # One last step that depends on every sink: runners that execute only the final transform's
-        # graph (Beam's DaskRunner does) still run all branches.
-        return tuple(written) | "AllWrites" >> beam.Flatten() | "Finish" >> beam.combiners.Count.Globally()
+        # graph (Beam's DaskRunner does) still run all branches. Without defaults: a default value is a side
+        # input, which the DaskRunner computes inside a worker by submitting the whole graph a second time.
+        return (tuple(written) | "AllWrites" >> beam.Flatten()
+                | "Finish" >> beam.combiners.Count.Globally().without_defaults())
     return tuple(written)

@@ -5,15 +5,22 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import sys
 import time
 from pathlib import Path
 
-from warta.config.settings import ConfigError, load_settings
-from warta.lake.commit import LockedError, RunLock, new_run_id, recover
+from warta.lake.commit import RunLock, new_run_id, recover
 from warta.lake.compact import Policy, compact, record_lake_schema
-from warta.lake.store import Store
-from warta.pipeline.exits import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK
+from warta.pipeline.command import (
+    Exit,
+    add_log_level,
+    command,
+    command_parser,
+    lake_or_exit,
+    lock_or_exit,
+    settings_or_exit,
+    start_logging,
+)
+from warta.pipeline.exits import EXIT_CONFIG, EXIT_OK
 
 log = logging.getLogger("warta")
 
@@ -26,8 +33,8 @@ def parse_size(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="warta compact",
+    ap = command_parser(
+        "warta compact", log_level=False,
         description="Rewrite each partition's files into few files of the target size (rows sorted by "
                     "published_at, errors by at; zstd) and delete data past retention. Crash-safe and "
                     "idempotent; takes the output's lock like a run. Exit 3 when the output is locked.")
@@ -38,26 +45,18 @@ def parser() -> argparse.ArgumentParser:
                     help="only below this path, e.g. articles/date=2024-11-12 (repeatable; default: articles and errors)")
     ap.add_argument("--retention-days", type=int, help="delete articles older than this (default: lake.retention_days)")
     ap.add_argument("--errors-retention-days", type=int, help="delete errors older than this (default: lake.errors_retention_days)")
-    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level(ap)
     return ap
 
 
+@command("warta compact")
 def compact_command(argv: list[str]) -> int:
-    try:
-        ns = parser().parse_args(argv)
-    except SystemExit as e:
-        return EXIT_OK if e.code == 0 else EXIT_CONFIG
-    logging.basicConfig(level=getattr(logging, ns.log_level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    try:
-        settings = load_settings(ns.config)
-    except ConfigError as e:
-        print(f"warta: configuration error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+    ns = parser().parse_args(argv)
+    start_logging(ns)
+    settings = settings_or_exit(ns.config)
     bad = [p for p in ns.partition if p.split("/", 1)[0] not in ("articles", "errors") or ".." in p]
     if bad:
-        print(f"warta: configuration error: --partition must start with articles/ or errors/: {bad[0]}", file=sys.stderr)
-        return EXIT_CONFIG
+        raise Exit(EXIT_CONFIG, f"configuration error: --partition must start with articles/ or errors/: {bad[0]}")
     policy = Policy.from_settings(settings.lake)
     if ns.target_size:
         policy.target_bytes = ns.target_size
@@ -65,16 +64,12 @@ def compact_command(argv: list[str]) -> int:
         if days is not None:
             policy.retention_days[dataset] = days
     t0 = time.monotonic()
-    store = Store(ns.output, settings.storage_options)
-    try:
-        with RunLock(store, new_run_id(), ttl=settings.lock_ttl) as lock:
-            recover(store, settings.dedup.window_days)
-            stats = compact(store, policy, [p.rstrip("/") for p in ns.partition] or ("articles", "errors"),
-                            fence=lock.check)
-            record_lake_schema(store, settings.lake.layout)
-    except LockedError as e:
-        print(f"warta: {e}", file=sys.stderr)
-        return EXIT_LOCKED
+    store = lake_or_exit(ns.output, settings)
+    with lock_or_exit(), RunLock(store, new_run_id(), ttl=settings.lock_ttl) as lock:
+        recover(store, settings.dedup.window_days, lock)
+        stats = compact(store, policy, [p.rstrip("/") for p in ns.partition] or ("articles", "errors"),
+                        fence=lock.check)
+        record_lake_schema(store, settings.lake.layout)
     log.info("warta compact: partitions rewritten=%d expired=%d | files %d -> %d | %.1fs",
              stats["partitions_rewritten"], stats["partitions_expired"], stats["files_before"],
              stats["files_after"], time.monotonic() - t0)

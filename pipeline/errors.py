@@ -1,60 +1,73 @@
-"""``warta errors list|retry``: the remembered failures of an output (``_state/failures/``, see lake/failures.py).
-
-``retry`` makes the matching failures due now (attempts reset) and drops their feeds' ETag/Last-Modified, so
-the next run polls those feeds in full and fetches the pages again. It takes the output's lock.
-"""
+"""``warta errors list|retry``: the failures a lake remembers (``_state/failures/``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from warta.config.settings import ConfigError, load_settings
-from warta.lake.commit import LockedError, RunLock, new_run_id
+from warta.lake.commit import RunLock, new_run_id
 from warta.lake.failures import matching, read_records, retry_now
 from warta.lake.state import FEEDS_FILE
-from warta.lake.store import Store
-from warta.pipeline.exits import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK
+from warta.pipeline.command import (
+    CommandParser,
+    add_log_level,
+    command,
+    command_parser,
+    lake_or_exit,
+    lock_or_exit,
+    settings_or_exit,
+    start_logging,
+)
+from warta.pipeline.exits import EXIT_OK
 from warta.transforms.records import STAGES, utcnow
+
+ABOUT = """\
+The failures a lake remembers: feeds that could not be polled and pages that could not be fetched,
+extracted or tagged, each with its attempts and when the next run tries it again.
+
+  warta errors list --output ./data               one line per failure (tab-separated)
+  warta errors retry --output ./data --stage fetch   try those again on the next run
+
+`retry` makes the matching failures due now (attempts reset) and forgets their feeds' ETag/Last-Modified,
+so the next run polls those feeds in full and fetches the pages again. It takes the lake's lock."""
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="warta errors", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="action", required=True)
-    for action, about in (("list", "show the remembered failures"),
+    ap = command_parser("warta errors", ABOUT, log_level=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="action", required=True, metavar="{list,retry}", parser_class=CommandParser)
+    for action, about in (("list", "show the remembered failures: stage, source, attempts, retry at, url, error"),
                           ("retry", "fetch the matching failures again on the next run")):
-        p = sub.add_parser(action, help=about)
+        p = sub.add_parser(action, help=about, description=about)
         p.add_argument("--output", required=True, help="the lake (local path or fsspec URL)")
         p.add_argument("--config", help="settings YAML (for storage_options)")
         p.add_argument("--stage", choices=STAGES, help="only failures of this stage")
         p.add_argument("--source", help="only failures of this feed name")
+        add_log_level(p)
     return ap
 
 
+@command("warta errors")
 def errors(argv: list[str]) -> int:
     ns = parser().parse_args(argv)
-    try:
-        settings = load_settings(ns.config)
-    except ConfigError as e:
-        print(f"warta: configuration error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    store = Store(ns.output, settings.storage_options)
+    start_logging(ns)
+    settings = settings_or_exit(ns.config)
+    store = lake_or_exit(ns.output, settings)
     if ns.action == "list":
-        for r in matching(read_records(store), ns.stage, ns.source):
+        rows = matching(read_records(store), ns.stage, ns.source)
+        for r in rows:
             retry = r["retry_at"].isoformat() if r["retry_at"] else "never"
             print(f"{r['stage']}\t{r['source']}\t{r['attempts']}\t{retry}\t{r['url']}\t{r['error']}")
+        if not rows:
+            which = " ".join(f"--{k} {v}" for k, v in (("stage", ns.stage), ("source", ns.source)) if v)
+            print(f"warta errors: no failures remembered in {ns.output}" + (f" matching {which}" if which else ""),
+                  file=sys.stderr)
         return EXIT_OK
-    try:
-        with RunLock(store, new_run_id(), ttl=settings.lock_ttl):
-            hits = retry_now(store, utcnow(), ns.stage, ns.source)
-            feeds = store.read_json(FEEDS_FILE, default={}) or {}
-            for feed_url in {r["feed_url"] for r in hits} & feeds.keys():
-                feeds[feed_url].update(etag=None, last_modified=None)
-            if hits:
-                store.write_json(FEEDS_FILE, feeds)
-    except LockedError as e:
-        print(f"warta: {e}", file=sys.stderr)
-        return EXIT_LOCKED
+    with lock_or_exit(), RunLock(store, new_run_id(), ttl=settings.lock_ttl):
+        hits = retry_now(store, utcnow(), ns.stage, ns.source)
+        feeds = store.read_json(FEEDS_FILE, default={}) or {}
+        for feed_url in {r["feed_url"] for r in hits} & feeds.keys():
+            feeds[feed_url].update(etag=None, last_modified=None)
+        if hits:
+            store.write_json(FEEDS_FILE, feeds)
     print(f"warta errors retry: {len(hits)} failure(s) will be fetched again on the next run", file=sys.stderr)
     return EXIT_OK

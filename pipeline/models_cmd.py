@@ -10,21 +10,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from warta.config.settings import ConfigError, NerSettings, load_settings
+from warta.config.settings import NerSettings
+from warta.pipeline.command import (
+    CommandParser,
+    add_log_level,
+    command,
+    command_parser,
+    settings_or_exit,
+    start_logging,
+)
 from warta.pipeline.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from warta.transforms.ner import SHIPPED, known_languages, model_source, stanza_dir, stanza_package, stanza_resources
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # usage errors exit 2, as argparse does, but say which command
-        self.print_usage(sys.stderr)
-        print(f"warta models: {message}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
-
-
 def parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="warta models", description="Stanza NER models for the languages warta tags.")
-    sub = ap.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    ap = command_parser("warta models", "Stanza NER models for the languages warta tags.", log_level=False)
+    sub = ap.add_subparsers(dest="action", required=True, parser_class=CommandParser)
     dl = sub.add_parser("download", help="download the default Stanza NER model of each language",
                         description="Download the default Stanza NER model (and the word vectors and character "
                                     "language models it needs) of each language into the Stanza resources folder.")
@@ -38,18 +39,18 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="the NER model each language gets, and where it comes from")
     ls.add_argument("--config", type=Path, help="settings YAML (ner.model_dir, ner.languages, ner.stanza_dir)")
     ls.add_argument("--dir", type=Path, help="Stanza resources folder (overrides ner.stanza_dir)")
+    for p in (dl, ls):
+        add_log_level(p)
     return ap
 
 
+@command("warta models")
 def models(argv: list[str]) -> int:
     ns = parser().parse_args(argv)
+    start_logging(ns)
     if ns.action == "download":
         return download(ns.langs, ns.dir or stanza_dir(NerSettings()), ns.resources_url, ns.model_url)
-    try:
-        settings = load_settings(ns.config).ner
-    except ConfigError as e:
-        print(f"warta: configuration error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+    settings = settings_or_exit(ns.config).ner
     if ns.dir:
         settings = settings.model_copy(update={"stanza_dir": str(ns.dir)})
     return list_models(settings)

@@ -11,6 +11,8 @@ from typing import Any
 
 from warta.config.docs import epilog_text
 from warta.config.settings import DEFAULT_FEEDS
+from warta.pipeline.command import Exit, add_log_level, command_parser
+from warta.pipeline.exits import EXIT_CONFIG
 
 EPILOG = epilog_text() + """
 
@@ -30,8 +32,8 @@ def parse_duration(text: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="run_local.py",
+    ap = command_parser(
+        "warta run", log_level=False,
         description="warta: poll news feeds, fetch and extract articles, deduplicate, tag entities, "
                     "and write a Hive-partitioned Parquet lake.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -46,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
                     help="keep polling at this interval (e.g. 90s, 15m, 1h) until SIGINT/SIGTERM")
     ap.add_argument("--workers", type=int, metavar="N",
                     help="worker processes on the DirectRunner (default: the CPUs this process may use; with "
-                         "--every 1). 1 = one in-process worker, whose models stay loaded between --every polls")
+                         "--every they are started once and keep their models loaded). 1 = one in-process worker")
     ap.add_argument("--max-run-time", type=parse_duration, metavar="DURATION",
                     help="run budget (e.g. 90s, 15m, 1h; default 15m, with --every the interval, at least 1m): past it no "
                          "new page fetch starts, what was fetched is committed, the rest waits in _state/backlog/ "
@@ -54,22 +56,24 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--runner", default=None, help="direct (default), dask, or any Beam runner name")
     ap.add_argument("--dask-address", help="tcp://HOST:PORT of a dask scheduler (default: start a local cluster)")
     add_setting_overrides(ap)
-    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    ap.add_argument("--verbose", action="store_true", help="show Beam's and the libraries' own log messages")
+    add_log_level(ap, verbose=True)
     return ap
 
 
-def add_setting_overrides(ap: argparse.ArgumentParser) -> None:
-    """Flags that override one setting each (``dest`` is the setting's dotted path); shared by commands."""
+def add_setting_overrides(ap: argparse.ArgumentParser, fetch: bool = True) -> None:
+    """Flags that override one setting each (``dest`` is the setting's dotted path); shared by commands.
+    ``fetch=False``: without the flags of polling and fetching (for commands that never fetch)."""
     g = ap.add_argument_group("setting overrides")
-    g.add_argument("--user-agent", dest="http.user_agent")
-    g.add_argument("--host-delay", dest="http.host_delay", type=float, help="seconds between requests to a host")
-    g.add_argument("--timeout", dest="http.total_timeout", type=float, help="total seconds per response")
+    if fetch:
+        g.add_argument("--user-agent", dest="http.user_agent")
+        g.add_argument("--host-delay", dest="http.host_delay", type=float, help="seconds between requests to a host")
+        g.add_argument("--timeout", dest="http.total_timeout", type=float, help="total seconds per response")
     g.add_argument("--max-bytes", dest="http.max_bytes", type=int, help="page size cap (decoded bytes)")
-    g.add_argument("--ignore-robots", dest="http.respect_robots", action="store_const", const=False)
-    g.add_argument("--block-private", dest="http.block_private_addresses", action="store_const", const=True,
-                   help="refuse hosts that resolve to private, loopback or link-local addresses")
-    g.add_argument("--max-items-per-feed", dest="max_items_per_feed", type=int)
+    if fetch:
+        g.add_argument("--ignore-robots", dest="http.respect_robots", action="store_const", const=False)
+        g.add_argument("--block-private", dest="http.block_private_addresses", action="store_const", const=True,
+                       help="refuse hosts that resolve to private, loopback or link-local addresses")
+        g.add_argument("--max-items-per-feed", dest="max_items_per_feed", type=int)
     g.add_argument("--no-ner", dest="ner.enabled", action="store_const", const=False)
     g.add_argument("--ner-model-dir", dest="ner.model_dir", help="directory of <lang>/ner.pt Stanza models")
     g.add_argument("--near-threshold", dest="dedup.near_threshold", type=float)
@@ -85,14 +89,10 @@ def beam_parser() -> argparse.ArgumentParser:
     return ap
 
 
-class UsageError(ValueError):
-    """Arguments that are neither ours nor Beam's."""
-
-
 def split_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], dict[str, Any]]:
     """Our namespace, the Beam arguments, and the dotted setting overrides given as flags.
 
-    Raises UsageError naming the arguments that neither we nor Beam know (everything after ``--`` is
+    Raises :class:`~warta.pipeline.command.Exit` (2) naming the arguments that neither we nor Beam know (everything after ``--`` is
     passed to Beam unchecked)."""
     argv = list(argv or [])
     unchecked: list[str] = []
@@ -102,7 +102,7 @@ def split_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], d
     ns, beam_args = parser().parse_known_args(argv)
     _, unknown = beam_parser().parse_known_args(beam_args)
     if unknown:
-        raise UsageError(f"unknown argument{'s' if len(unknown) > 1 else ''}: {' '.join(unknown)} "
+        raise Exit(EXIT_CONFIG, f"unknown argument{'s' if len(unknown) > 1 else ''}: {' '.join(unknown)} "
                          "(`--help` lists the flags; put options of other Beam runners after `--`)")
     return ns, beam_args + unchecked, setting_overrides(ns)
 

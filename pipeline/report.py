@@ -14,8 +14,8 @@ from pathlib import Path
 
 import fsspec
 
-from warta.config.settings import ConfigError, load_settings
 from warta.lake.metrics import Metrics, collect
+from warta.pipeline.command import Exit, command, command_parser, lake_or_exit, settings_or_exit, start_logging
 from warta.pipeline.exits import EXIT_CONFIG, EXIT_OK
 
 LABELS = ("PER", "LOC", "ORG")
@@ -27,37 +27,27 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def parser(prog: str, about: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=about)
+    p = command_parser(prog, about)
     p.add_argument("--output", required=True, help="the lake: a local path or any fsspec URL")
     p.add_argument("--days", type=int, default=7, help="length of the window in days (default 7)")
     p.add_argument("--until", type=date.fromisoformat, default=None,
                    help="last article day of the window, YYYY-MM-DD (default: the latest day with articles)")
+    p.add_argument("--with-copies", action="store_true",
+                   help="count syndicated copies (rows with duplicate_of) in the entity counts too "
+                        "(default: one story counts once)")
     p.add_argument("--config", default=None, help="settings YAML (for storage_options)")
     return p
 
 
-def parse(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
-    try:
-        ns = p.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error (2)
-        return int(e.code or 0)
+def parse_and_load(p: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, Metrics]:
+    """(namespace, metrics); exit 2 when the flags or the lake are unusable."""
+    ns = p.parse_args(argv)
+    start_logging(ns)
     if ns.days < 1:
-        print(f"{p.prog}: --days must be at least 1", file=sys.stderr)
-        return EXIT_CONFIG
-    return ns
-
-
-def load_metrics(ns: argparse.Namespace, prog: str) -> Metrics | int:
-    try:
-        options = load_settings(ns.config).storage_options
-    except ConfigError as e:
-        print(f"{prog}: configuration error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    fs, root = fsspec.core.url_to_fs(ns.output, **options)
-    if not fs.exists(root):
-        print(f"{prog}: no lake at {ns.output}", file=sys.stderr)
-        return EXIT_CONFIG
-    return collect(ns.output, options, ns.days, ns.until)
+        raise Exit(EXIT_CONFIG, "--days must be at least 1")
+    settings = settings_or_exit(ns.config)
+    lake_or_exit(ns.output, settings)
+    return ns, collect(ns.output, settings.storage_options, ns.days, ns.until, copies=ns.with_copies)
 
 
 # -- figures --------------------------------------------------------------------------------------
@@ -184,30 +174,42 @@ def render(m: Metrics) -> str:
                "entities": {lang: _html(entities_figure(m, lang)) for lang in languages},
                "runs": _html(runs_figure(m)) if m.runs else ""}
     return env.get_template("report.html.j2").render(
-        m=m, figures=figures, key=key_numbers(m), plotly_js=get_plotlyjs(),
-        metrics_json=m.to_json().replace("</", "<\\/"))
+        m=m, figures=figures, key=key_numbers(m), plotly_js=get_plotlyjs(), untagged=untagged_line(m),
+        metrics_json=script_safe_json(m.to_json()))
 
 
-def parse_and_load(p, argv: list[str]):
-    """(namespace, metrics), or the exit status when the flags or the lake are unusable."""
-    ns = parse(p, argv)
-    if isinstance(ns, int):
-        return ns
-    m = load_metrics(ns, p.prog)
-    return m if isinstance(m, int) else (ns, m)
+def script_safe_json(text: str) -> str:
+    """JSON to embed in a ``<script>`` element: ``<``, ``>``, ``&`` and the line separators as ``\\u`` escapes
+    (still the same JSON), so no ``</script>``, ``<!--`` or ``<script`` in the data can end or reopen it."""
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text
 
 
+@command("warta report")
 def report(argv: list[str]) -> int:
     p = parser("warta report", "Write one self-contained HTML page about the lake (opens offline).")
-    p.add_argument("--to", default="report.html", help="where to write the page (path or fsspec URL)")
-    loaded = parse_and_load(p, argv)
-    if isinstance(loaded, int):
-        return loaded
-    ns, m = loaded
-    with fsspec.open(ns.to, "w", encoding="utf-8") as fh:
-        fh.write(render(m))
+    p.add_argument("--to", default="report.html", help="where to write the page (path or fsspec URL; "
+                                                         "default: report.html in the current folder)")
+    ns, m = parse_and_load(p, argv)
+    page = render(m)
+    try:
+        with fsspec.open(ns.to, "w", encoding="utf-8") as fh:
+            fh.write(page)
+    except (OSError, ValueError) as e:  # no such folder, no permission, unknown protocol
+        raise Exit(EXIT_CONFIG, f"cannot write {ns.to}: {e.strerror if isinstance(e, OSError) and e.strerror else e}"
+                   ) from None
     print(f"warta report: {ns.to} ({m.window.content_start} – {m.window.content_end})", file=sys.stderr)
     return EXIT_OK
+
+
+def untagged_line(m: Metrics) -> str:
+    """"N articles without entities (no model for en, pt)"."""
+    n = sum(r["articles"] for r in m.untagged["per_language"])
+    line = f"{n} article{'s' * (n != 1)} without entities"
+    if m.untagged["no_model"]:
+        line += f" (no model for {', '.join(m.untagged['no_model'])})"
+    return line
 
 
 # -- the table -------------------------------------------------------------------------------------
@@ -236,10 +238,12 @@ def key_numbers(m: Metrics) -> list[tuple[str, str]]:
         ("robots refusals", str(errors.get("robots", 0))),
         ("entries pending", str(sum(r["pending"] for r in m.feed_health))),
     ]
+    copies = "copies included" if m.copies_counted else "copies excluded"
     for label in LABELS:
         top = [r for r in m.entities["top"] if r["label"] == label]
         top.sort(key=lambda r: (-r["articles"], r["text"]))
-        rows.append((f"top {label}", ", ".join(f"{r['text']} ({r['articles']})" for r in top[:3]) or "none"))
+        rows.append((f"top {label} ({copies})", ", ".join(f"{r['text']} ({r['articles']})" for r in top[:3]) or "none"))
+    rows.append(("untagged", untagged_line(m)))
     if m.runs:
         last = m.runs[-1]
         rows += [("runs in window", str(len(m.runs))),
@@ -277,12 +281,10 @@ def outlet_rows(m: Metrics) -> list[tuple[str, ...]]:
     return out
 
 
+@command("warta stats")
 def stats(argv: list[str]) -> int:
     p = parser("warta stats", "Print the lake's key numbers as a plain table (for terminals and cron mail).")
-    loaded = parse_and_load(p, argv)
-    if isinstance(loaded, int):
-        return loaded
-    _, m = loaded
+    _, m = parse_and_load(p, argv)
     print(f"warta stats: {m.lake}\n")
     print(table(key_numbers(m)))
     if m.outlets:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import random
 import socket
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -185,3 +189,97 @@ def s3():
                  aws_secret_access_key="test", region_name="us-east-1").create_bucket(Bucket="lake")
     yield env
     server.stop()
+
+
+# -- tiny Stanza NER models trained here (tests/test_ner.py, tests/test_ner_int8.py): once per session --
+
+PEOPLE = ["Alice Smith", "Bob Jones", "Carol White", "David Brown", "Emma Green", "Frank Black"]
+PLACES = ["Paris", "London", "Berlin", "Madrid", "Rome", "Vienna"]
+ORGS = ["Acme Corp", "Globex Inc", "Initech Ltd", "Umbrella Corp", "Hooli Inc", "Vandelay Ltd"]
+TEMPLATES = ["{p} visited {l} with {o} .", "{o} hired {p} in {l} .", "In {l} , {p} joined {o} .",
+             "{p} said {o} will open an office in {l} ."]
+
+
+def tiny_corpus(n: int, seed: int) -> list[list[dict]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        p, l, o = rng.choice(PEOPLE), rng.choice(PLACES), rng.choice(ORGS)
+        sent = []
+        for tok in rng.choice(TEMPLATES).split():
+            if tok in ("{p}", "{l}", "{o}"):
+                name, label = {"{p}": (p, "PER"), "{l}": (l, "LOC"), "{o}": (o, "ORG")}[tok]
+                for i, w in enumerate(name.split()):
+                    sent.append({"text": w, "ner": ("B-" if i == 0 else "I-") + label})
+            else:
+                sent.append({"text": tok, "ner": "O"})
+        out.append(sent)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """Train a real (tiny) Stanza NER model for language 'en' with Stanza's own trainer."""
+    import numpy as np
+    from stanza.models.common.pretrain import Pretrain
+
+    base = tmp_path_factory.mktemp("models")
+    lang = base / "en"
+    lang.mkdir()
+    train, dev = tiny_corpus(48, 1), tiny_corpus(12, 2)
+    (base / "train.json").write_text(json.dumps(train))
+    (base / "dev.json").write_text(json.dumps(dev))
+    vocab = sorted({t["text"].lower() for s in train + dev for t in s})
+    rng = np.random.default_rng(0)
+    with open(base / "vec.txt", "w") as fh:
+        fh.write(f"{len(vocab)} 16\n")
+        for w in vocab:
+            fh.write(w + " " + " ".join(f"{x:.4f}" for x in rng.normal(size=16)) + "\n")
+    Pretrain(str(lang / "ner_pretrain.pt"), str(base / "vec.txt")).load()
+    subprocess.run([sys.executable, "-m", "stanza.models.ner_tagger", "--mode", "train", "--cpu",
+                    "--train_file", str(base / "train.json"), "--eval_file", str(base / "dev.json"),
+                    "--wordvec_pretrain_file", str(lang / "ner_pretrain.pt"), "--shorthand", "en_tiny",
+                    "--save_dir", str(lang), "--save_name", "ner.pt", "--max_steps", "150",
+                    "--eval_interval", "50", "--batch_size", "8", "--hidden_dim", "32",
+                    "--char_hidden_dim", "16", "--char_emb_dim", "16", "--lr", "0.3"],
+                   check=True, capture_output=True, timeout=600)
+    assert (lang / "ner.pt").exists()
+    return base
+
+
+@pytest.fixture(scope="session")
+def charlm_stanza_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A Stanza resources folder whose default English NER package, like Stanza's own, needs word vectors and
+    forward/backward character language models (tiny, random) and was trained with them."""
+    import shutil
+
+    import torch
+    from stanza.models.common.char_model import CharacterLanguageModel
+    from stanza.models.common.vocab import CharVocab
+
+    base = tmp_path_factory.mktemp("stanza_resources")
+    en = base / "en"
+    vocab = {"char": CharVocab([" ".join(t["text"] for t in s) for s in tiny_corpus(60, 3)], "en")}
+    args = {"char_emb_dim": 8, "char_hidden_dim": 16, "char_num_layers": 1, "char_dropout": 0.0,
+            "char_rec_dropout": 0.0, "char_unit_dropout": 0.0}
+    torch.manual_seed(0)
+    for direction in ("forward", "backward"):
+        CharacterLanguageModel(args, vocab, is_forward_lm=direction == "forward").save(
+            str(en / f"{direction}_charlm" / "tiny.pt"))
+    (en / "pretrain").mkdir()
+    shutil.copy(tiny_model_dir / "en" / "ner_pretrain.pt", en / "pretrain" / "tiny.pt")
+    subprocess.run([sys.executable, "-m", "stanza.models.ner_tagger", "--mode", "train", "--cpu",
+                    "--train_file", str(tiny_model_dir / "train.json"), "--eval_file", str(tiny_model_dir / "dev.json"),
+                    "--wordvec_pretrain_file", str(en / "pretrain" / "tiny.pt"), "--shorthand", "en_tiny",
+                    "--charlm", "--charlm_shorthand", "en_tiny",
+                    "--charlm_forward_file", str(en / "forward_charlm" / "tiny.pt"),
+                    "--charlm_backward_file", str(en / "backward_charlm" / "tiny.pt"),
+                    "--save_dir", str(en / "ner"), "--save_name", "tiny_charlm.pt", "--max_steps", "100",
+                    "--eval_interval", "50", "--batch_size", "8", "--hidden_dim", "32",
+                    "--char_hidden_dim", "16", "--char_emb_dim", "16", "--lr", "0.3"],
+                   check=True, capture_output=True, timeout=600)
+    deps = [{"model": m, "package": "tiny"} for m in ("pretrain", "forward_charlm", "backward_charlm")]
+    (base / "resources.json").write_text(json.dumps({"en": {
+        "lang_name": "English", "default_processors": {"ner": "tiny_charlm"},
+        "ner": {"tiny_charlm": {"md5": "-", "dependencies": deps}}}}))
+    return base

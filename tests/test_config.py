@@ -34,6 +34,9 @@ def test_overrides_and_errors(tmp_path):
     ("feeds:\n  - name: a\n    url: http://x/\n  - name: a\n    url: http://y/", "unique"),
     ("feeds:\n  - name: a\n    url: http://x/\n    language: indonesian", "feeds.0.language"),
     ("- just a list", "mapping"),
+    ("feeds:\n  - name: Kompas\n    url: http://x/\n  - name: kompas\n    url: http://y/", "unique, ignoring case"),
+    ("feeds:\n  - name: a\n    url: http://x/\n    1: 2", "feeds.0: keys must be names"),
+    ("feeds:\n  - name: a\n    url: http://x/\n    ? [1, 2]\n    : 3", "invalid YAML"),
 ])
 def test_bad_feeds_files(tmp_path, text, match):
     f = tmp_path / "feeds.yaml"
@@ -74,3 +77,62 @@ def test_runner_in_settings_is_a_known_name_or_a_beam_runner(tmp_path, runner, o
     else:
         with pytest.raises(ConfigError, match="unknown runner"):
             load_settings(p)
+
+
+def test_a_mistyped_feed_key_is_named_with_what_it_resembles(tmp_path):
+    f = tmp_path / "feeds.yaml"
+    f.write_text("feeds:\n  - name: kompas\n    ulr: https://kompas.example/feed\n")
+    with pytest.raises(ConfigError) as e:
+        load_feeds(f)
+    msg = str(e.value)
+    assert "feeds.0.ulr: unknown key (did you mean `url`?)" in msg
+    assert "feeds.0.url: missing (required)" in msg
+
+
+def test_every_problem_in_one_message(tmp_path):
+    s = tmp_path / "settings.yaml"
+    s.write_text("http:\n  host_dealy: 2\n  retries: many\nlake:\n  layout: days\nnerr: {}\n"
+                 "extract:\n  profiles:\n    example.com: {bodyy: //p}\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(s)
+    lines = str(e.value).splitlines()
+    assert lines[0] == f"{s}: 5 problems:"
+    assert {line.strip() for line in lines[1:]} >= {
+        "http.host_dealy: unknown key (did you mean `host_delay`?)",
+        "nerr: unknown key (did you mean `ner`?)",
+        "extract.profiles.example.com.bodyy: unknown key (did you mean `body`?)"}
+    assert any(line.strip().startswith("http.retries:") for line in lines)
+    assert any(line.strip().startswith("lake.layout:") for line in lines)
+    f = tmp_path / "feeds.yaml"
+    f.write_text("feeds:\n  - name: a\n    url: ftp://x/\n  - {name: b, url: 'http://y/', languge: en}\n"
+                 "  - {name: a, url: 'http://z/'}\n")
+    with pytest.raises(ConfigError) as e:
+        load_feeds(f)
+    assert [line.strip() for line in str(e.value).splitlines()[1:]] == [
+        "feeds.0.url: must be an http(s) URL", "feeds.1.languge: unknown key (did you mean `language`?)"]
+
+
+def test_a_feed_name_rule_is_said_in_words(tmp_path):
+    f = tmp_path / "feeds.yaml"
+    f.write_text("feeds:\n  - name: my feed\n    url: http://x/\n")
+    with pytest.raises(ConfigError) as e:
+        load_feeds(f)
+    msg = str(e.value)
+    assert "'my feed' is not a valid feed name: use letters, digits, '.', '_' and '-'" in msg and "no spaces" in msg
+    assert "[A-Za-z0-9]" not in msg and "pattern" not in msg
+
+
+def test_null_sections_with_overrides_and_the_cli_exit_2(tmp_path, capsys):
+    from warta.pipeline.cli import run
+    f = tmp_path / "s.yaml"
+    f.write_text("http: null\nner: 3\n")
+    with pytest.raises(ConfigError, match="ner: expected a mapping of settings"):
+        load_settings(f, {"ner.enabled": False})
+    f.write_text("http: null\n")
+    assert load_settings(f, {"http.total_timeout": 3}).http.total_timeout == 3  # an empty section, then the flag
+    with pytest.raises(ConfigError, match="http"):
+        load_settings(f)
+    feeds = tmp_path / "feeds.yaml"
+    feeds.write_text("feeds:\n  - name: a\n    url: http://x/\n    1: 2\n")
+    code = run(["--feeds", str(feeds), "--config", str(f), "--output", str(tmp_path / "out"), "--timeout", "3"])
+    assert code == 2 and "Traceback" not in capsys.readouterr().err

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import random
 from datetime import datetime, timedelta, timezone
+from functools import partial
 
 import apache_beam as beam
 import numpy as np
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from conftest import seed_article
 
 from warta.config.settings import DedupSettings
-from warta.lake.state import IndexSnapshot, index_table, load_index
+from warta.lake import state
+from warta.lake.state import IndexSnapshot, compact_index, index_table, load_index, open_index
 from warta.lake.store import Store
 from warta.net.urls import article_id
-from warta.transforms.dedup import Deduplicate, NearDuplicateIndex, decide_all, exact_keys, signature
+from warta.transforms.dedup import (
+    Deduplicate,
+    NearDuplicateIndex,
+    components,
+    decide_all,
+    decide_in_one,
+    exact_keys,
+    signature,
+)
 from warta.transforms.extract import content_hash
 
 S = DedupSettings()
@@ -153,3 +165,111 @@ def test_deduplicate_transform_emits_articles_and_index_rows():
 def test_signature_is_stable_and_compact():
     s1, s2 = signature(body(), S), signature(body(), S)
     assert s1.dtype == np.uint32 and len(s1) == S.num_perm and (s1 == s2).all()
+
+
+# --- the keyed path: the same decisions as one index of the whole run and window ---------------------
+
+def assert_keyed(arts, index_loader, want, settings=S):
+    """Run the keyed Deduplicate stage and assert its (article rows, index rows) equal ``want``."""
+    with TestPipeline() as p:
+        out = p | beam.Create(arts) | Deduplicate(settings, index_loader)
+        for name, rows in zip(("articles", "index"), want):
+            got = getattr(out, name) | f"Plain{name}" >> beam.Map(plain, name)
+            assert_that(got, equal_to(rows), label=f"check{name}")
+
+
+def plain(row, name):
+    if name == "articles":
+        return row["url"], row["entry_url"], row["duplicate_of"]
+    return (row["article_id"], row["url_key"], tuple(row["exact_keys"]), row["duplicate_of"], row["kind"],
+            row["minhash"], tuple(row["bands"] or ()))
+
+
+def in_one(arts, snapshot, settings=S):
+    out = decide_in_one([{**a, "_minhash": signature(a["text"], settings)} for a in arts], snapshot, settings)
+    return (sorted(plain(v, "articles") for k, v in out if k == "articles"),
+            sorted(plain(v, "index") for k, v in out if k == "index"))
+
+
+def family_world(seed: int, n: int, start: int = 0, earlier: list[dict] = ()) -> list[dict]:
+    """Randomized articles: originals, syndicated near-copies (new lead, a word changed) of this run's or
+    ``earlier`` articles, word-for-word copies on other outlets, same-source text repeats, shared and
+    article canonicals, redirect twins; published times drawn at random (ties included)."""
+    rnd = random.Random(seed)
+    vocab = [f"kata{i}" for i in range(400)]
+    out = []
+    for i in range(start, start + n):
+        if (out or earlier) and rnd.random() < 0.5:
+            src = rnd.choice([*earlier, *out])
+            words = src["text"].split()
+            r = rnd.random()
+            if r < 0.5:  # near copy
+                k = rnd.randrange(len(words))
+                words = ["Lead", "baru", f"nomor{i}"] + words[:k] + [rnd.choice(vocab)] + words[k + 1:]
+            elif r < 0.6:  # far edit: half the text replaced
+                words = words[: len(words) // 2] + [rnd.choice(vocab) for _ in range(len(words) // 2)]
+            text = " ".join(words)
+        else:
+            text = " ".join(rnd.choice(vocab) for _ in range(rnd.randint(40, 160)))
+        host = rnd.choice(["a", "b", "c", "d"])
+        canonical = rnd.choice([None, None, f"https://{host}.example/berita/c{rnd.randrange(6)}",
+                                f"https://{host}.example/"])
+        a = art(f"https://{host}.example/berita/{i}.html", text, hours=rnd.randrange(6), canonical=canonical)
+        if rnd.random() < 0.1:
+            a = art(f"https://{host}.example/berita/{i - 1}.html", text, hours=rnd.randrange(6),
+                    entry_url=f"https://{host}.example/berita/{i - 1}.html?from=rss")  # a redirect twin
+        out.append(a)
+    return out
+
+
+def commit_part(store, rows_out, run: str, seen: datetime) -> None:
+    rows = [dict(v, seen_at=seen) for k, v in rows_out if k == "index"]
+    store.write_table(f"_state/index/part-{run}.parquet", index_table(rows))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_keyed_decisions_equal_one_index_on_randomized_near_duplicates(tmp_path, seed):
+    store = Store(str(tmp_path))
+    now = datetime.now(timezone.utc)
+    # earlier runs, decided in one index and committed as parts; folds after the 9th and the 15th
+    earlier = []
+    for r in range(20):
+        arts = family_world(seed * 100 + r, 12, start=r * 12, earlier=earlier)
+        earlier += arts
+        snap = load_index(store, window_days=7)
+        out = decide_in_one([{**a, "_minhash": signature(a["text"], S)} for a in arts], snap, S)
+        commit_part(store, out, f"r{r:02d}", now - timedelta(days=9 - r * 0.5, microseconds=r))
+        if r in (8, 14):
+            compact_index(store, f"r{r:02d}", window_days=7, keep_parts=4)
+    assert any(p.startswith("_state/index/fold-r14") for p in store.list("_state/index"))
+    run = family_world(seed * 100 + 99, 40, start=1000, earlier=earlier) + family_world(seed * 100 + 7, 10)  # + repeats
+    want = in_one(run, load_index(store, window_days=7))
+    assert_keyed(run, partial(open_index, store, 7), want)
+    kinds = [r[4] for r in want[1]]
+    earlier_ids = {a["article_id"] for a in earlier}
+    assert "duplicate" in kinds and any(r[3] in earlier_ids for r in want[1] if r[4] == "article")  # exact; near
+    # of an earlier run's article
+
+
+def test_keyed_path_reads_the_index_per_range(tmp_path, monkeypatch):
+    monkeypatch.setattr(state, "RANGE_ROWS", {"keys": 8, "bands": 16, "window": 4})
+    store = Store(str(tmp_path))
+    first = [art(f"https://x.example/berita/{i}.html", t, hours=i) for i, t in enumerate(texts(12))]
+    out = decide_in_one([{**a, "_minhash": signature(a["text"], S)} for a in first], IndexSnapshot(), S)
+    for r in range(3):
+        commit_part(store, out if r == 0 else [], f"r{r}", datetime.now(timezone.utc))
+    compact_index(store, "r9", window_days=7, keep_parts=1)
+    index = open_index(store, window_days=7)
+    assert len(index.keys.files.files) > 1 and len(index.window.files) > 1 and len(index.bands.files) > 1
+    copy = art("https://kabar.example/b", "Kalimat pembuka baru.\n" + texts(12)[3], hours=30)
+    want = in_one([copy], load_index(store, window_days=7))
+    assert want[0] == [(copy["url"], copy["url"], first[3]["article_id"])]
+    assert_keyed([copy], partial(open_index, store, 7), want)
+    rows = index.window_rows([state.key64(first[3]["article_id"])])
+    assert [r.article_id for r in rows] == [first[3]["article_id"]]
+    assert len(index.window.touched) == 1 and index.keys.files.touched == set()  # one row group of one range
+
+
+def test_clusters_are_connected_components():
+    assert sorted(components([("b", "a"), ("c", "b"), ("e", "d")])) == [("a", "a"), ("b", "a"), ("c", "a"),
+                                                                       ("d", "d"), ("e", "d")]

@@ -163,3 +163,67 @@ def test_every_discovery_request_waits_for_the_host_delay_and_robots_crawl_delay
     asked = [p for p in server.paths_requested() if p != "/robots.txt"]
     assert d.done and len(asked) == d.counts["requests"] > 10
     assert spacing == [2.0] * len(asked)  # the larger of host_delay and crawl-delay, after every request
+
+
+def test_corrupt_gzip_sitemap_is_an_error_row_not_a_crash(server, client):
+    from warta.transforms.discover import CorruptSitemap
+    good = gzip.compress(f"<urlset {SM}><url><loc>{server.base}/a/1</loc></url></urlset>".encode())
+    for bad in (good[:-12], b"\x1f\x8b\x08\x00garbage", good[:10] + b"\xff" * 30 + good[40:]):
+        with pytest.raises(CorruptSitemap):
+            ungzip(bad, 100_000)
+    server.routes["/robots.txt"] = Route(f"Sitemap: {server.base}/cut.xml.gz\nSitemap: {server.base}/ok.xml.gz\n",
+                                         "text/plain")
+    server.routes["/cut.xml.gz"] = Route(good[:-12], "application/x-gzip")
+    server.routes["/ok.xml.gz"] = Route(good, "application/x-gzip")
+    d = Discovery(Feed(name="a", url=server.base + "/feed.xml"), date(2000, 1, 1))
+    d.run(client, deadline=float("inf"))
+    assert d.done and [e["url"] for e in d.entries.values()] == [server.base + "/a/1"]
+    assert [(e["url"], e["stage"]) for e in d.errors] == [(server.base + "/cut.xml.gz", "poll")]
+    assert "corrupt gzip sitemap" in d.errors[0]["error"]
+
+
+def test_429_while_discovering_leaves_the_frontier_for_the_next_run(server, client):
+    index = "".join(f"<sitemap><loc>{server.base}/s{i}.xml</loc></sitemap>" for i in range(3))
+    server.routes["/robots.txt"] = Route(f"Sitemap: {server.base}/index.xml\n", "text/plain")
+    server.routes["/index.xml"] = Route(f"<sitemapindex {SM}>{index}</sitemapindex>", "application/xml")
+    for i in range(3):
+        server.routes[f"/s{i}.xml"] = Route(f"<urlset {SM}><url><loc>{server.base}/a/{i}</loc></url></urlset>",
+                                            "application/xml")
+    server.routes["/s1.xml"] = Route("slow down", "text/plain", status=429)
+    d = Discovery(Feed(name="a", url=server.base + "/feed.xml"), date(2000, 1, 1))
+    d.run(client, deadline=float("inf"))
+    assert not d.done and [f["url"] for f in d.frontier] == [server.base + "/s1.xml", server.base + "/s2.xml"]
+    state = json.loads(json.dumps(d.state()))
+    server.routes["/s1.xml"] = Route(f"<urlset {SM}><url><loc>{server.base}/a/1</loc></url></urlset>",
+                                      "application/xml")
+    again = Discovery.resume(d.feed, d.since, None, state)
+    fresh = HttpClient(HttpSettings(host_delay=0, retries=0, total_timeout=5))  # the next run's client
+    again.run(fresh, deadline=float("inf"))
+    fresh.close()
+    assert again.done and sorted(e["url"] for e in again.entries.values()) == [
+        f"{server.base}/a/{i}" for i in range(3)]
+
+
+def test_sitemap_count_and_depth_are_capped_and_push_is_linear(server, client, monkeypatch):
+    import time
+
+    from warta.transforms import discover
+    d = Discovery(Feed(name="a", url="http://a.example/feed.xml"), date(2000, 1, 1))
+    start = time.perf_counter()
+    for i in range(50_000):
+        d._push("sitemap", f"http://a.example/s{i}.xml", depth=1)
+    assert time.perf_counter() - start < 2  # was O(N²): minutes for 50,000 children
+    assert d.counts["sitemaps"] == discover.MAX_SITEMAPS and d.counts["sitemaps_capped"] == 50_000 - 10_000
+    d._push("sitemap", "http://a.example/deep.xml", depth=discover.MAX_SITEMAP_DEPTH + 1)
+    assert d.frontier[-1]["url"] != "http://a.example/deep.xml"
+    # an index that lists itself under new names forever stops at the depth cap
+    monkeypatch.setattr(discover, "MAX_SITEMAPS", 100)
+    server.routes["/robots.txt"] = Route(f"Sitemap: {server.base}/i0.xml\n", "text/plain")
+    for i in range(20):
+        server.routes[f"/i{i}.xml"] = Route(
+            f"<sitemapindex {SM}><sitemap><loc>{server.base}/i{i + 1}.xml</loc></sitemap></sitemapindex>",
+            "application/xml")
+    d = Discovery(Feed(name="a", url=server.base + "/feed.xml"), date(2000, 1, 1))
+    d.run(client, deadline=float("inf"))
+    assert d.done and f"{server.base}/i{discover.MAX_SITEMAP_DEPTH}.xml" in d.visited
+    assert f"{server.base}/i{discover.MAX_SITEMAP_DEPTH + 1}.xml" not in d.visited

@@ -266,3 +266,27 @@ def test_poll_feed_never_raises_whatever_a_library_raises(server, monkeypatch):
     monkeypatch.setattr(feeds, "parse_feed", boom)  # the feed as a whole fails
     res = poll_feed(Feed(name="x", url=server.url("/rss")), HttpClient(HTTP), None, set(), 10)
     assert res.state["status"] == "failed" and len(res.errors) == 1 and "surprise" in res.errors[0]["error"]
+
+
+def test_a_feed_that_parses_to_nothing_is_an_error_row(server):
+    """Billion laughs with the items inside the entities: the parser refuses the expansion and finds no entry;
+    that is recorded, not taken for a quiet feed."""
+    lol = ("<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol0 '<item><title>a</title><link>http://a/1</link></item>'>"
+           + "".join(f"<!ENTITY lol{i} '{('&lol' + str(i - 1) + ';') * 10}'>" for i in range(1, 10))
+           + "]><rss version='2.0'><channel><title>t</title>&lol9;</channel></rss>")
+    server.routes["/lol"] = Route(lol, "application/rss+xml")
+    res = poll_feed(Feed(name="x", url=server.url("/lol")), HttpClient(HTTP), None, set(), 10)
+    assert res.entries == [] and res.state["status"] == "failed"
+    assert len(res.errors) == 1 and "no entries" in res.errors[0]["error"]
+    server.routes["/empty"] = Route("<rss version='2.0'><channel><title>t</title></channel></rss>",
+                                    "application/rss+xml")
+    res = poll_feed(Feed(name="x", url=server.url("/empty")), HttpClient(HTTP), None, set(), 10)
+    assert res.errors == [] and res.state["status"] == "ok"  # a well-formed empty feed is just empty
+
+
+def test_error_rows_keep_other_scheme_urls_whole():
+    body = (b'<rss version="2.0"><channel><title>x</title><item><title>p</title><link>file:///etc/passwd</link>'
+            b'</item><item><title>q</title><link>http:///a.example/x</link></item></channel></rss>')
+    got = list(feed_entries(parse_feed(body, "application/rss+xml"), Feed(name="a", url="http://x/f")))
+    assert got[0]["url"] == "file:///etc/passwd" and "unsupported URL scheme" in got[0]["error"]
+    assert got[1]["url"] == "http://a.example/x"  # http(s) keep feedparser's repair

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import socket
 import threading
 import time
 import zlib
@@ -224,8 +225,11 @@ def test_short_retry_after_is_honoured(server):
 
 
 def test_every_redirect_hop_is_checked_against_private_addresses(server, monkeypatch):
-    # resolver stub: 127.0.0.1 passes for a public address, `localhost` is the private one
-    monkeypatch.setattr(http, "is_private_host", lambda host: host == "localhost")
+    # resolver stub: 127.0.0.1 passes for a public address, `localhost` resolves to a private one
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **kw: real(
+        "10.0.0.5" if host == "localhost" else host, *a, **kw))
+    monkeypatch.setattr(http, "private_ip", lambda address: address.startswith("10."))
     port = server.url("").rsplit(":", 1)[1]
     server.routes["/start"] = lambda req: req._send(302, b"", "text/plain", {"Location": "/hop"})
     server.routes["/hop"] = lambda req: req._send(
@@ -234,6 +238,7 @@ def test_every_redirect_hop_is_checked_against_private_addresses(server, monkeyp
     with pytest.raises(FetchError, match="host localhost resolves to a private address"):
         client(block_private_addresses=True).get(server.url("/start"))
     assert server.paths_requested() == ["/start", "/hop"]  # the private target was never asked
+    monkeypatch.undo()
     assert client().get(server.url("/start")).url.endswith("/secret")  # guard off: followed
 
 
@@ -395,3 +400,96 @@ def test_robots_redirecting_to_an_unparseable_url_defers_the_host_and_keeps_its_
     rows = [fetch_one({"url": server.url(p), "feed_url": "f", "source": "s"}, c) for p in ("/a", "/b")]
     assert [(kind, row["stage"]) for kind, row in rows] == [("error", "fetch")] * 2
     assert all("host deferred" in row["error"] for _, row in rows)
+
+
+def test_connection_goes_to_the_address_that_was_checked(server, monkeypatch):
+    """DNS rebinding: the name is resolved once, checked, and the connection pinned to that address (the
+    Host header keeps the name); a second lookup would answer a private address."""
+    real, lookups = socket.getaddrinfo, []
+
+    def rebinding(host, *a, **kw):
+        if host == "news.example":
+            lookups.append(host)
+            return real("127.0.0.1" if len(lookups) == 1 else "10.0.0.5", *a, **kw)
+        return real(host, *a, **kw)
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    monkeypatch.setattr(http, "private_ip", lambda address: address.startswith("10."))
+    server.routes["/a"] = Route("<p>a</p>")
+    port = server.url("").rsplit(":", 1)[1]
+    resp = client(block_private_addresses=True).get(f"http://news.example:{port}/a")
+    assert resp.status == 200 and lookups == ["news.example"]
+    assert server.requests[-1][2]["host"] == f"news.example:{port}"
+    with pytest.raises(FetchError, match="private address"):  # a fresh client looks up again: rebound
+        client(block_private_addresses=True).get(f"http://news.example:{port}/a")
+
+
+def test_failed_lookup_is_blocked_when_guarding_private_addresses(monkeypatch):
+    def no_such_host(host, *a, **kw):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    with pytest.raises(FetchError, match="could not be resolved.*blocked"):
+        client(block_private_addresses=True).get("http://nowhere.example/a")
+    assert is_private_host("nowhere.example")  # fail closed
+
+
+def drip(parts, pause: float):
+    """A handler that sends ``parts`` (bytes) one at a time, ``pause`` seconds apart, until the client hangs up."""
+    def handle(req):
+        try:
+            for part in parts:
+                req.wfile.write(part)
+                req.wfile.flush()
+                time.sleep(pause)
+        except OSError:
+            pass
+    return handle
+
+
+def dripped_headers():
+    yield b"HTTP/1.1 200 OK\r\n"
+    for i in range(200):
+        yield f"X-Drip-{i}: {i}\r\n".encode()
+
+
+def dripped_gzip_name():
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\nContent-Length: 100000\r\n\r\n"
+    yield head + b"\x1f\x8b\x08\x08" + b"\x00" * 4 + b"\x00\x03"  # FLG.FNAME: a file name follows
+    while True:
+        yield b"a"
+
+
+def dripped_chunks():
+    yield b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n"
+    while True:
+        yield b"1\r\na\r\n"
+
+
+@pytest.mark.parametrize("parts,pause", [(dripped_headers, 0.5), (dripped_gzip_name, 0.05), (dripped_chunks, 0.05)],
+                         ids=["headers", "gzip-fname", "chunks"])
+def test_total_timeout_is_a_wall_clock_however_the_server_drips(server, parts, pause):
+    server.routes["/drip"] = drip(parts(), pause)
+    start = time.monotonic()
+    with pytest.raises(FetchError, match="not complete within 2s"):
+        client(total_timeout=2, read_timeout=1, retries=0).get(server.url("/drip"))
+    assert time.monotonic() - start < 2 + 1
+
+
+def test_robots_txt_over_500_kib_is_cut_and_parsed(server):
+    rules = "User-agent: *\nDisallow: /private/\n"
+    server.routes["/robots.txt"] = Route(rules + "# padding\n" * 80_000, "text/plain")  # ~800 KB
+    server.routes["/a"] = Route("<p>a</p>")
+    c = client(max_bytes=10_000)
+    assert c.polite_get(server.url("/a")).status == 200
+    with pytest.raises(FetchError, match="robots"):
+        c.polite_get(server.url("/private/x"))
+
+
+def test_redirect_to_another_host_obeys_its_robots_txt(server):
+    from warta.pipeline.loopback import LoopbackServer
+    with LoopbackServer(host="127.0.0.2") as other:
+        other.routes["/robots.txt"] = Route("User-agent: *\nDisallow: /\n", "text/plain")
+        other.routes["/page"] = Route("<p>other</p>")
+        server.routes["/go"] = lambda req: req._send(302, b"", "text/plain", {"Location": other.url("/page")})
+        with pytest.raises(FetchError, match="redirect target disallowed by robots.txt"):
+            client().polite_get(server.url("/go"))
+        assert other.paths_requested() == ["/robots.txt"]

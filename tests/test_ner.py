@@ -3,17 +3,14 @@ through ``ner.model_dir``), the shipped Indonesian model, batching, offsets, and
 
 from __future__ import annotations
 
-import json
-import random
 import subprocess
 import sys
-from pathlib import Path
 
 import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from conftest import FIXTURES, ROOT, seed_article
+from conftest import FIXTURES, ROOT, seed_article, tiny_corpus
 
 import warta.transforms.ner as ner
 from warta.config.settings import ConfigError, NerSettings
@@ -32,101 +29,10 @@ from warta.transforms.ner import (
 )
 from warta.transforms.segment import sentences
 
-PEOPLE = ["Alice Smith", "Bob Jones", "Carol White", "David Brown", "Emma Green", "Frank Black"]
-PLACES = ["Paris", "London", "Berlin", "Madrid", "Rome", "Vienna"]
-ORGS = ["Acme Corp", "Globex Inc", "Initech Ltd", "Umbrella Corp", "Hooli Inc", "Vandelay Ltd"]
-TEMPLATES = ["{p} visited {l} with {o} .", "{o} hired {p} in {l} .", "In {l} , {p} joined {o} .",
-             "{p} said {o} will open an office in {l} ."]
-
-
-def tiny_corpus(n: int, seed: int) -> list[list[dict]]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        p, l, o = rng.choice(PEOPLE), rng.choice(PLACES), rng.choice(ORGS)
-        sent = []
-        for tok in rng.choice(TEMPLATES).split():
-            if tok in ("{p}", "{l}", "{o}"):
-                name, label = {"{p}": (p, "PER"), "{l}": (l, "LOC"), "{o}": (o, "ORG")}[tok]
-                for i, w in enumerate(name.split()):
-                    sent.append({"text": w, "ner": ("B-" if i == 0 else "I-") + label})
-            else:
-                sent.append({"text": tok, "ner": "O"})
-        out.append(sent)
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """Train a real (tiny) Stanza NER model for language 'en' with Stanza's own trainer."""
-    import numpy as np
-    from stanza.models.common.pretrain import Pretrain
-
-    base = tmp_path_factory.mktemp("models")
-    lang = base / "en"
-    lang.mkdir()
-    train, dev = tiny_corpus(48, 1), tiny_corpus(12, 2)
-    (base / "train.json").write_text(json.dumps(train))
-    (base / "dev.json").write_text(json.dumps(dev))
-    vocab = sorted({t["text"].lower() for s in train + dev for t in s})
-    rng = np.random.default_rng(0)
-    with open(base / "vec.txt", "w") as fh:
-        fh.write(f"{len(vocab)} 16\n")
-        for w in vocab:
-            fh.write(w + " " + " ".join(f"{x:.4f}" for x in rng.normal(size=16)) + "\n")
-    Pretrain(str(lang / "ner_pretrain.pt"), str(base / "vec.txt")).load()
-    subprocess.run([sys.executable, "-m", "stanza.models.ner_tagger", "--mode", "train", "--cpu",
-                    "--train_file", str(base / "train.json"), "--eval_file", str(base / "dev.json"),
-                    "--wordvec_pretrain_file", str(lang / "ner_pretrain.pt"), "--shorthand", "en_tiny",
-                    "--save_dir", str(lang), "--save_name", "ner.pt", "--max_steps", "150",
-                    "--eval_interval", "50", "--batch_size", "8", "--hidden_dim", "32",
-                    "--char_hidden_dim", "16", "--char_emb_dim", "16", "--lr", "0.3"],
-                   check=True, capture_output=True, timeout=600)
-    assert (lang / "ner.pt").exists()
-    return base
-
-
-@pytest.fixture(scope="session")
-def charlm_stanza_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """A Stanza resources folder whose default English NER package, like Stanza's own, needs word vectors and
-    forward/backward character language models (tiny, random) and was trained with them."""
-    import shutil
-
-    import torch
-    from stanza.models.common.char_model import CharacterLanguageModel
-    from stanza.models.common.vocab import CharVocab
-
-    base = tmp_path_factory.mktemp("stanza_resources")
-    en = base / "en"
-    vocab = {"char": CharVocab([" ".join(t["text"] for t in s) for s in tiny_corpus(60, 3)], "en")}
-    args = {"char_emb_dim": 8, "char_hidden_dim": 16, "char_num_layers": 1, "char_dropout": 0.0,
-            "char_rec_dropout": 0.0, "char_unit_dropout": 0.0}
-    torch.manual_seed(0)
-    for direction in ("forward", "backward"):
-        CharacterLanguageModel(args, vocab, is_forward_lm=direction == "forward").save(
-            str(en / f"{direction}_charlm" / "tiny.pt"))
-    (en / "pretrain").mkdir()
-    shutil.copy(tiny_model_dir / "en" / "ner_pretrain.pt", en / "pretrain" / "tiny.pt")
-    subprocess.run([sys.executable, "-m", "stanza.models.ner_tagger", "--mode", "train", "--cpu",
-                    "--train_file", str(tiny_model_dir / "train.json"), "--eval_file", str(tiny_model_dir / "dev.json"),
-                    "--wordvec_pretrain_file", str(en / "pretrain" / "tiny.pt"), "--shorthand", "en_tiny",
-                    "--charlm", "--charlm_shorthand", "en_tiny",
-                    "--charlm_forward_file", str(en / "forward_charlm" / "tiny.pt"),
-                    "--charlm_backward_file", str(en / "backward_charlm" / "tiny.pt"),
-                    "--save_dir", str(en / "ner"), "--save_name", "tiny_charlm.pt", "--max_steps", "100",
-                    "--eval_interval", "50", "--batch_size", "8", "--hidden_dim", "32",
-                    "--char_hidden_dim", "16", "--char_emb_dim", "16", "--lr", "0.3"],
-                   check=True, capture_output=True, timeout=600)
-    deps = [{"model": m, "package": "tiny"} for m in ("pretrain", "forward_charlm", "backward_charlm")]
-    (base / "resources.json").write_text(json.dumps({"en": {
-        "lang_name": "English", "default_processors": {"ner": "tiny_charlm"},
-        "ner": {"tiny_charlm": {"md5": "-", "dependencies": deps}}}}))
-    return base
-
 
 def check_offsets(text: str, ents: list[dict]) -> None:
     for e in ents:
-        assert text[e["start_char"]:e["end_char"]] == e["text"]
+        assert text[e["start_char"]:e["end_char"]] == e["mention"]
         assert e["label"] in {"PER", "LOC", "ORG"} or e["label"].isupper()
 
 
@@ -141,7 +47,7 @@ def test_tiny_model_from_model_dir_tags_batches_with_exact_offsets(tiny_model_di
     assert len(found) == 2 and all(found)
     for text, ents in zip(texts, found):
         check_offsets(text, ents)
-    labels = {(e["text"], e["label"]) for ents in found for e in ents}
+    labels = {(e["mention"], e["label"]) for ents in found for e in ents}
     assert ("Paris", "LOC") in labels or ("London", "LOC") in labels
 
 
@@ -191,7 +97,7 @@ def test_shipped_model_tags_the_seed_article():
     tagger = Tagger(settings, {"id": model_paths("id", settings)})
     ents = tagger.tag([text], "id")[0]
     check_offsets(text, ents)
-    found = {(e["text"], e["label"]) for e in ents}
+    found = {(e["mention"], e["label"]) for e in ents}
     assert ("Vladimir Putin", "PER") in found
     assert ("Ukraina", "LOC") in found
     assert ("Kursk", "LOC") in found
@@ -223,7 +129,7 @@ def test_other_entity_types_are_dropped_with_offsets_kept(monkeypatch):
     tagger = Tagger(NerSettings(), {"en": {"ner_model_path": "unused"}})
     tagger._models["en"] = object()
     ents = tagger.tag([text], "en")[0]
-    assert [(e["text"], e["label"]) for e in ents] == [("Obama", "PER"), ("Paris", "LOC"), ("Google", "ORG")]
+    assert [(e["mention"], e["label"]) for e in ents] == [("Obama", "PER"), ("Paris", "LOC"), ("Google", "ORG")]
     check_offsets(text, ents)
 
 

@@ -66,9 +66,9 @@ def test_full_run_then_rerun_then_growth(world, server, tmp_path, fast_config):
     assert len(seed["article_id"]) == 24 and seed["content_hash"]
     for r in rows:
         for e in r["entities"]:
-            assert r["text"][e["start_char"]:e["end_char"]] == e["text"]
+            assert r["text"][e["start_char"]:e["end_char"]] == e["mention"]
     # the shipped Indonesian model tagged the Indonesian pages
-    assert ("Vladimir Putin", "PER") in {(e["text"], e["label"]) for e in seed["entities"]}
+    assert ("Vladimir Putin", "PER") in {(e["mention"], e["label"]) for e in seed["entities"]}
     assert all(r["entities"] for r in rows if r["language"] == "id")
     # English has no model here: reported with its article count and the command, not fatal
     assert re.search(r"no NER model for en \(\d articles?\).*: get one with `warta models download en\b", summary), summary
@@ -141,7 +141,7 @@ def test_misconfiguration_exits_2_and_writes_nothing(tmp_path):
                           (tmp_path / "absent.yaml", "cannot read")):
         res = run_cli("--feeds", str(feeds), "--output", str(out))
         assert res.returncode == 2, res.stderr
-        msg = [l for l in res.stderr.splitlines() if l.startswith("warta:")]
+        msg = [l for l in res.stderr.splitlines() if l.startswith("warta run:")]
         assert len(msg) == 1 and expect in msg[0], res.stderr
         assert not out.exists()
     good = tmp_path / "good.yaml"
@@ -153,8 +153,8 @@ def test_misconfiguration_exits_2_and_writes_nothing(tmp_path):
 
 
 def test_help_documents_settings():
-    res = run_cli("--help")
-    assert res.returncode == 0
+    res = run_cli("run", "--help")
+    assert res.returncode == 0 and res.stdout.startswith("usage: warta run")
     for word in ("--feeds", "--output", "--config", "--example", "--every", "host_delay", "max_items_per_feed",
                  "near_threshold", "storage_options"):
         assert word in res.stdout
@@ -178,7 +178,7 @@ def test_bundled_example_runs_offline(tmp_path):
     df = pl.scan_parquet(f"{out}/articles/**/*.parquet", hive_partitioning=True).collect()
     assert df.height == 8 and {"date", "source", "entities"} <= set(df.columns)
     table = ds.dataset(str(out / "articles"), format="parquet", partitioning="hive").to_table()
-    assert table.num_rows == 8 and table.schema.field("entities").type.value_type.num_fields == 4
+    assert table.num_rows == 8 and table.schema.field("entities").type.value_type.num_fields == 5
 
 
 def test_unknown_arguments_exit_2_naming_them(tmp_path):
@@ -187,7 +187,7 @@ def test_unknown_arguments_exit_2_naming_them(tmp_path):
         res = run_cli(*args)
         assert res.returncode == 2, res.stderr
         msg = res.stderr.strip().splitlines()
-        assert len(msg) == 1 and msg[0].startswith("warta: unknown argument") and named in msg[0], res.stderr
+        assert len(msg) == 1 and msg[0].startswith("warta run: unknown argument") and named in msg[0], res.stderr
     assert run_cli("compact").returncode == 2  # an unknown command
     assert not any(tmp_path.iterdir())
 
@@ -267,7 +267,7 @@ def test_language_comes_from_the_text_not_the_feed_channel(tmp_path, fast_config
         rows = articles(out)
         wp = [r for r in rows if r["source"] == "wp"]
         assert len(wp) == 2 and {r["language"] for r in wp} == {"id"}
-        assert all(("Joko Widodo", "PER") in {(e["text"], e["label"]) for e in r["entities"]} for r in wp)
+        assert all(("Joko Widodo", "PER") in {(e["mention"], e["label"]) for e in r["entities"]} for r in wp)
         agg = [r for r in rows if r["source"] == "agg"]
         assert agg and {r["language"] for r in agg} == {"en"}
 

@@ -42,3 +42,26 @@ def test_quiet_filter_keeps_our_messages_and_others_errors():
     assert keep(rec("warta", logging.INFO)) and keep(rec("warta.lake.commit", logging.WARNING))
     assert not keep(rec("root", logging.WARNING)) and not keep(rec("apache_beam.runners", logging.INFO))
     assert keep(rec("apache_beam.runners", logging.ERROR))
+
+
+def test_model_load_seconds_reach_the_run_this_process_serves():
+    from warta.pipeline.progress import note_model_load
+    from warta.transforms.ner import _loaded
+    out = io.StringIO()
+    with ProgressLine(feeds=1, stream=out) as first:
+        time.sleep(0.4)
+        _loaded("id", 0.3)  # the NER module's hook: a load this run started, before the process counted anything
+        count("x", first.directory, "feeds")  # now it knows the run: the load is counted into it
+        note_model_load("en", 0.25)  # written at once (no flush delay): the summary reads it
+        assert read_counts(first.directory)["model_load_ms"] == 550
+        assert "| model load 0.6s |" in first.line()[0]
+    assert first.model_load_s == 0.6
+    note_model_load("id", 3.0)  # a load the first run started that outlived it: not the second run's
+    with ProgressLine(feeds=1, stream=out) as second:  # a later run in the same (long-lived) process
+        note_model_load("id", 0.0)  # a warm-up that found the model loaded
+        count("x", second.directory, "feeds")
+        deadline = time.monotonic() + 10
+        while "feeds" not in read_counts(second.directory) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "| model load 0.0s |" in second.line()[0]
+    assert second.model_load_s == 0.0

@@ -149,9 +149,9 @@ def test_report_numbers_match_duckdb(lake, page):
     sizes = sql(f"select count(*) + 1 as n from {arts} where duplicate_of is not null group by duplicate_of order by n desc")
     assert [c["size"] for c in m["syndication"]["clusters"]] == [n for n, in sizes]
 
-    # 4. entities: top per label (articles mentioning), per language
-    counts = sql(f"select language, e.label, e.text, count(distinct article_id) from {arts}, unnest(entities) t(e) "
-                 f"group by all")
+    # 4. entities: top per label (articles mentioning, syndicated copies excluded), per language, canonical forms
+    counts = sql(f"select language, e.label, e.canonical, count(distinct article_id) from {arts}, unnest(entities) t(e) "
+                 f"where duplicate_of is null group by all")
     assert counts, "the shipped Indonesian model tagged nothing"
     expected = {(lang, label, text): n for lang, label, text, n in counts}
     for r in m["entities"]["top"]:
@@ -171,8 +171,8 @@ def test_report_numbers_match_duckdb(lake, page):
 def test_rising_entities_against_the_previous_window(lake):
     m = collect(str(lake), days=1, until=DAY2)
     arts = f"read_parquet('{lake}/articles/**/*.parquet', hive_partitioning=true)"
-    per_day = sql(f"select date, language, e.label, e.text, count(distinct article_id) from {arts}, "
-                  f"unnest(entities) t(e) where date in ('{DAY1}', '{DAY2}') group by all")
+    per_day = sql(f"select date, language, e.label, e.canonical, count(distinct article_id) from {arts}, "
+                  f"unnest(entities) t(e) where date in ('{DAY1}', '{DAY2}') and duplicate_of is null group by all")
     now = {(la, lb, t): n for d, la, lb, t, n in per_day if d == DAY2}
     before = {(la, lb, t): n for d, la, lb, t, n in per_day if d == DAY1}
     rises = {k: now[k] - before.get(k, 0) for k in now if now[k] > before.get(k, 0)}
@@ -251,7 +251,7 @@ def test_same_numbers_through_fsspec_and_with_extra_columns(lake, tmp_path):
 
 def test_empty_lake_and_usage_errors(tmp_path, capsys):
     empty = tmp_path / "empty"
-    empty.mkdir()
+    (empty / "_state").mkdir(parents=True)  # a lake with nothing in it yet
     to = tmp_path / "r.html"
     assert report(["--output", str(empty), "--to", str(to)]) == 0
     html = to.read_text(encoding="utf-8")
@@ -282,3 +282,11 @@ def test_other_partition_layouts_give_the_same_numbers(lake, tmp_path, partition
     assert a.window == b.window
     for name in ("articles_per_day", "feed_health", "errors_by_stage", "syndication", "entities", "runs"):
         assert getattr(b, name) == getattr(a, name), name
+
+
+def test_embedded_json_escapes_every_angle_bracket():
+    from warta.pipeline.report import script_safe_json
+    data = {"title": "</script><script>alert(1)</script><!-- x", "a&b": "\\<\u2028", "n": [1, "<SCRIPT"]}
+    text = script_safe_json(json.dumps(data))
+    assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
+    assert json.loads(text) == data

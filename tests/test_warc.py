@@ -172,3 +172,32 @@ def test_archive_with_feeds_files_pages_under_the_feed_and_checks_flags(tmp_path
     assert {r[3] for r in rows} == {"https://kabar.test/feed/"}
     assert archive("--warc", files[0], "--output", out).returncode == 2  # --feeds or --domains is required
     assert archive("--warc", files[0], "--output", out, "--domains", "a.test", "--bogus").returncode == 2
+
+
+def test_one_bad_record_is_one_error_row_and_the_rest_of_the_file_is_read(tmp_path):
+    path = tmp_path / "bad.warc.gz"
+    with open(path, "wb") as out:
+        w = WARCWriter(out, gzip=True)
+        for n, charset in enumerate(("zlib", "base64", "rot13", "uu_codec", "utf-8")):
+            url = f"http://warta.test/artikel/{n}/"
+            response(w, url, page(url, n), ctype=f"text/html; charset={charset}")
+        response(w, "http://warta.test:99999/artikel/port/", page("x", 9))
+        url = "http://warta.test/artikel/last/"
+        response(w, url, page(url, 10))
+    counts, errors = {}, []
+    with open(path, "rb") as fh:
+        pages = list(read_warc(fh, sites_from(domains=["warta.test"]), set(), 1_000_000, counts, errors))
+    # charsets that are no WHATWG text encoding are ignored (the page's own bytes decide), never run as codecs
+    assert [p["url"] for p in pages] == [f"http://warta.test/artikel/{n}/" for n in range(5)] + [url]
+    assert all(p["charset"] == "utf-8" and "Berita" in p["html"] for p in pages)
+    assert [(e["url"], e["stage"]) for e in errors] == [("http://warta.test:99999/artikel/port/", "fetch")]
+    assert "Port out of range" in errors[0]["error"] and counts["record_errors"] == 1 and counts["records"] == 7
+
+
+def test_decoding_accepts_only_whatwg_text_encodings():
+    from warta.net.http import codec_name, decode_html
+    for label in ("zlib", "base64", "rot13", "hex", "uu", "bz2", "punycode", "idna", "unicode_escape", "utf-32",
+                  "raw_unicode_escape", "undefined"):
+        assert codec_name(label) is None, label
+    assert codec_name("latin1") == "cp1252" and codec_name("gb2312") == "gbk" and codec_name("Shift_JIS") == "shift_jis"
+    assert decode_html(b"<p>eJzLSM3JyVcozy/KSQEAGgQEXQ==</p>", "base64")[1] == "utf-8"

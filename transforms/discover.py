@@ -10,7 +10,10 @@ Sources, per feed's site:
 
 :class:`Discovery` is a resumable crawl (a frontier of feed pages and sitemaps still to read) whose
 state is plain JSON, kept by the backfill command in ``_state/backfill/<source>.json``. Every request
-goes through ``HttpClient.polite_get`` (robots.txt, host delay).
+goes through ``HttpClient.polite_get`` (robots.txt, host delay). A host that asks to wait (429, robots.txt
+5xx) leaves the item in the frontier for the next run; a sitemap that cannot be decompressed becomes an error
+row (``errors``), not a crash; sitemaps are capped in number (``MAX_SITEMAPS``) and index depth
+(``MAX_SITEMAP_DEPTH``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import gzip
 import io
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
@@ -30,9 +34,12 @@ from warta.net.http import FetchError, HostDeferred, HttpClient
 from warta.net.urls import host_of, normalize_url
 from warta.transforms.dates import default_timezone, parse_utc
 from warta.transforms.feeds import feed_entries, parse_feed
+from warta.transforms.records import error_row
 
 USUAL_SITEMAPS = ("/sitemap.xml", "/sitemap_index.xml", "/wp-sitemap.xml")
 MAX_FEED_PAGES = 1000
+MAX_SITEMAPS = 10_000  # sitemaps read per feed's site, all indexes together
+MAX_SITEMAP_DEPTH = 3  # robots.txt -> index -> index -> sitemap
 _PARSER = lxml.etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, recover=True)
 
 
@@ -40,11 +47,18 @@ def ungzip(body: bytes, limit: int) -> bytes:
     """Gzipped sitemaps (``.xml.gz``, served as application/x-gzip) decompressed, at most ``limit`` bytes."""
     if body[:2] != b"\x1f\x8b":
         return body
-    with gzip.GzipFile(fileobj=io.BytesIO(body)) as fh:
-        out = fh.read(limit + 1)
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(body)) as fh:
+            out = fh.read(limit + 1)
+    except (EOFError, OSError, zlib.error) as e:  # cut, BadGzipFile, corrupt deflate stream
+        raise CorruptSitemap(f"corrupt gzip sitemap: {type(e).__name__}: {e}") from None
     if len(out) > limit:
         raise ValueError(f"sitemap larger than {limit} bytes (decompressed)")
     return out
+
+
+class CorruptSitemap(ValueError):
+    """A sitemap whose bytes cannot be read (corrupt gzip): recorded as an error row."""
 
 
 def _local(tag: Any) -> str:
@@ -117,11 +131,15 @@ class Discovery:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("requests", "out_of_range", "other_domain", "sitemaps_skipped"), 0))
     _ignored: set[str] = field(default_factory=set)  # out of range or other domain (counted once)
+    errors: list[dict[str, Any]] = field(default_factory=list)  # error rows of this run (not kept in state)
 
     def __post_init__(self):
         if not self.frontier and not self.visited:
             self.frontier = [{"kind": "feed", "url": self.feed.url, "page": 1},
                              {"kind": "robots", "url": self.feed.url}]
+        self._known = set(self.visited) | {f["url"] for f in self.frontier}  # _push in O(1)
+        for k in ("sitemaps", "sitemaps_capped", "sitemap_errors"):
+            self.counts.setdefault(k, 0)
 
     @property
     def done(self) -> bool:
@@ -190,6 +208,10 @@ class Discovery:
         self.counts["requests"] += 1
         try:
             resp = client.polite_get(item["url"], max_bytes=client.settings.max_feed_bytes)
+        except HostDeferred:  # 429 / Retry-After: this item and the rest wait for the next run
+            self.visited.pop()
+            self.frontier.insert(0, item)
+            raise
         except FetchError:
             return  # unreachable or disallowed: that branch of the crawl ends here
         if resp.status >= 400:
@@ -198,9 +220,16 @@ class Discovery:
             if item["kind"] == "feed":
                 self._feed_page(item, resp)
             else:
-                self._sitemap(resp.body, client.settings.max_feed_bytes)
+                self._sitemap(resp.body, client.settings.max_feed_bytes, item.get("depth", 0))
+        except CorruptSitemap as e:
+            self.counts["sitemap_errors"] += 1
+            self.errors.append(error_row("poll", str(e), url=item["url"], feed_url=self.feed.url,
+                                         source=self.feed.name, status=resp.status))
         except ValueError:
             return  # not a feed / sitemap (an HTML error page, garbage): nothing found there
+        except Exception as e:  # whatever a parser raises on hostile bytes: that item's error, not the run's
+            self.errors.append(error_row("poll", f"{type(e).__name__}: {e}", url=item["url"], feed_url=self.feed.url,
+                                         source=self.feed.name, status=resp.status))
 
     def run(self, client: HttpClient, deadline: float) -> None:
         """Step until done or until ``time.monotonic()`` passes ``deadline``."""
@@ -211,13 +240,20 @@ class Discovery:
             return  # the host asked to be left alone for now: the next run resumes from the same frontier
 
     def _push(self, kind: str, url: str, **extra) -> None:
-        if url not in self.visited and all(f["url"] != url for f in self.frontier):
-            self.frontier.append({"kind": kind, "url": url, **extra})
+        if url in self._known:
+            return
+        if kind == "sitemap":
+            if self.counts["sitemaps"] >= MAX_SITEMAPS or extra.get("depth", 0) > MAX_SITEMAP_DEPTH:
+                self.counts["sitemaps_capped"] += 1
+                return
+            self.counts["sitemaps"] += 1
+        self._known.add(url)
+        self.frontier.append({"kind": kind, "url": url, **extra})
 
     def _robots(self, client: HttpClient, url: str) -> None:
         origin = urlunsplit(urlsplit(url)[:2] + ("", "", ""))
         rules = client.robots(url)
-        listed = (rules.site_maps() or []) if hasattr(rules, "site_maps") else []
+        listed = list(rules.sitemaps) if rules is not None else []  # protego: the Sitemap: lines
         for sitemap in listed or [origin + p for p in USUAL_SITEMAPS]:
             self._push("sitemap", sitemap)
 
@@ -236,14 +272,14 @@ class Discovery:
             self._push("feed", next_feed_page(parsed, resp.url, item["page"]), page=item["page"] + 1,
                        previous_first=first)
 
-    def _sitemap(self, body: bytes, limit: int) -> None:
+    def _sitemap(self, body: bytes, limit: int, depth: int = 0) -> None:
         kind, items = parse_sitemap(ungzip(body, limit), self.feed.timezone or default_timezone(self.feed.language))
         for it in items:
             if kind == "index":
                 if it["lastmod"] and it["lastmod"].astimezone(timezone.utc).date() < self.since:
                     self.counts["sitemaps_skipped"] += 1  # nothing in it changed since `since`
                 else:
-                    self._push("sitemap", it["loc"])
+                    self._push("sitemap", it["loc"], depth=depth + 1)
             else:
                 self.add(it["loc"], it["published"] or it["lastmod"], feed_title=it["title"],
                          feed_published_at=it["published"])

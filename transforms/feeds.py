@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import logging
+import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from urllib.parse import urljoin
 
 import apache_beam as beam
 import feedparser
+import feedparser.urls
 
 from warta.config.settings import Feed, HttpSettings
 from warta.lake.failures import Failures
@@ -33,6 +35,9 @@ ERRORS = "errors"
 FEED_STATE = "feed_state"
 FEED_TYPES = ("xml", "rss", "atom", "rdf")
 log = logging.getLogger(__name__)
+# feedparser folds the slashes after any scheme ("http:///x" -> "http://x"), which makes "file:///etc/passwd"
+# read "file://etc/passwd" in error rows: fold them for http(s) only, so other URLs are recorded whole
+feedparser.urls._urifixer = re.compile(r"^(https?://)(/*)(.*?)", re.I)
 
 
 @dataclass
@@ -63,15 +68,25 @@ def entry_time(entry, tz: str | None, dayfirst: bool) -> When | None:
     return None
 
 
+_ENTITY_DECL = re.compile(rb"<!ENTITY", re.I)
+_DOCTYPE_SUBSET = re.compile(rb"<!DOCTYPE[^\[>]*\[.*?\]\s*>", re.I | re.S)
+
+
 def parse_feed(body: bytes, content_type: str = "") -> feedparser.FeedParserDict:
     """Parse feed bytes; raise ValueError when they are not a feed at all (HTML page, garbage).
     Relative links are left as they are (``feed_entries`` resolves them), so that an ``<id>`` such as
     ``1`` does not turn into a URL under the feed's address."""
+    if _ENTITY_DECL.search(body[:65536]):  # entity declarations (billion laughs): dropped before parsing,
+        body = _DOCTYPE_SUBSET.sub(b"", body, count=1)  # so nothing is expanded; their references stay unread
     parsed = feedparser.parse(body, response_headers={"content-type": content_type or "application/xml"})
     if not parsed.entries and not parsed.get("version"):
         reason = parsed.get("bozo_exception") or "no RSS/Atom structure found"
         hint = " (server sent HTML)" if "html" in content_type.lower() else ""
         raise ValueError(f"not a readable feed{hint}: {reason}")
+    if not parsed.entries and parsed.get("bozo"):
+        # a feed that parses to nothing because it is broken (entity expansion refused, cut, malformed): an
+        # error, not a quiet "no news"; a well-formed empty feed stays a feed without entries
+        raise ValueError(f"feed yields no entries: {parsed.get('bozo_exception') or 'malformed'}")
     return parsed
 
 

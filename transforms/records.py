@@ -27,16 +27,17 @@ def error_row(stage: str, error: str, *, url: str | None = None, feed_url: str |
 
 
 def error_from(exc: BaseException, stage: str, element: dict[str, Any] | None) -> dict[str, Any]:
-    """Turn an exception raised while processing ``element`` into an errors/ row."""
+    """Turn an exception raised while processing ``element`` into an errors/ row. The row's ``url`` is the
+    element's (the entry link the poll gave: what failures and accounting are keyed on); a redirect hop the
+    error happened at is named in the message."""
     element = element or {}
-    return error_row(
-        getattr(exc, "stage", None) or stage,
-        f"{type(exc).__name__}: {exc}" if not getattr(exc, "stage", None) else str(exc),
-        url=getattr(exc, "url", None) or element.get("url"),
-        feed_url=element.get("feed_url"),
-        source=element.get("source"),
-        status=getattr(exc, "status", None),
-    )
+    hop = getattr(exc, "url", None)
+    url = element.get("url") or hop
+    message = f"{type(exc).__name__}: {exc}" if not getattr(exc, "stage", None) else str(exc)
+    if hop and hop != url:
+        message += f" (at {hop})"
+    return error_row(getattr(exc, "stage", None) or stage, message, url=url, feed_url=element.get("feed_url"),
+                     source=element.get("source"), status=getattr(exc, "status", None))
 
 
 class _FailureRecordFn(beam.DoFn):

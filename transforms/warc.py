@@ -23,7 +23,7 @@ from warta.lake.schema import staging_dir
 from warta.lake.state import key64
 from warta.lake.store import Store
 from warta.net.http import HTML_TYPES, charset_of, decode_html
-from warta.net.urls import host_of, normalize_url
+from warta.net.urls import host_of, normalize_url, url_problem
 from warta.transforms.dates import parse_utc
 from warta.transforms.outputs import split
 from warta.transforms.records import error_row, utcnow
@@ -59,27 +59,45 @@ def site_of(url: str, sites: list[Site]) -> Site | None:
 
 
 def read_warc(stream, sites: list[Site], seen: set[int], max_bytes: int,
-              counts: dict[str, int]) -> Iterator[dict[str, Any]]:
-    """Pages from one WARC stream; every other record only bumps a count in ``counts``."""
+              counts: dict[str, int], errors: list[dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
+    """Pages from one WARC stream; every other record only bumps a count in ``counts``. A record that cannot
+    be read as a page (a URL that is no URL, a body that does not decode) is an error row appended to
+    ``errors`` (counted as ``record_errors``), and the next record is read."""
     for record in ArchiveIterator(stream):
         counts["records"] = counts.get("records", 0) + 1
-        skip = _skip_reason(record, sites, seen)
-        if skip is None:
-            body = record.content_stream().read(max_bytes + 1)
-            if len(body) > max_bytes:
-                skip = "too_large"
-        if skip:
-            counts[skip] = counts.get(skip, 0) + 1
+        try:
+            page = _page(record, sites, seen, max_bytes, counts)
+        except Exception as e:  # this record only: the rest of the file is still read
+            counts["record_errors"] = counts.get("record_errors", 0) + 1
+            if errors is not None:
+                url = record.rec_headers.get_header("WARC-Target-URI")
+                errors.append(error_row("fetch", f"WARC record: {type(e).__name__}: {e}", url=url))
             continue
-        url = record.rec_headers.get_header("WARC-Target-URI")
-        site = site_of(url, sites)
-        charset = charset_of(record.http_headers.get_header("Content-Type") or "")
-        counts["pages"] = counts.get("pages", 0) + 1
-        html, charset = decode_html(body, charset)
-        yield {"url": url, "final_url": url, "status": 200, "html": html, "charset": charset,
-               "fetched_at": parse_utc(record.rec_headers.get_header("WARC-Date")) or utcnow(),
-               "source": site.source, "feed_url": site.feed_url, "language": site.language,
-               "feed_title": None, "feed_authors": [], "feed_published_at": None}
+        if page is not None:
+            yield page
+
+
+def _page(record, sites: list[Site], seen: set[int], max_bytes: int, counts: dict[str, int]) -> dict | None:
+    skip = _skip_reason(record, sites, seen)
+    if skip is None:
+        body = record.content_stream().read(max_bytes + 1)
+        if len(body) > max_bytes:
+            skip = "too_large"
+    if skip:
+        counts[skip] = counts.get(skip, 0) + 1
+        return None
+    url = record.rec_headers.get_header("WARC-Target-URI")
+    problem = url_problem(url)
+    if problem:
+        raise ValueError(problem)
+    site = site_of(url, sites)
+    charset = charset_of(record.http_headers.get_header("Content-Type") or "")
+    html, charset = decode_html(body, charset)  # WHATWG text encodings only
+    counts["pages"] = counts.get("pages", 0) + 1
+    return {"url": url, "final_url": url, "status": 200, "html": html, "charset": charset,
+            "fetched_at": parse_utc(record.rec_headers.get_header("WARC-Date")) or utcnow(),
+            "source": site.source, "feed_url": site.feed_url, "language": site.language,
+            "feed_title": None, "feed_authors": [], "feed_published_at": None}
 
 
 def _skip_reason(record, sites: list[Site], seen: set[int]) -> str | None:
@@ -126,13 +144,17 @@ class _ReadWarcFn(beam.DoFn):
 
     def process(self, warc_url: str):
         counts: dict[str, int] = {}
+        errors: list[dict[str, Any]] = []
         try:
             with fsspec.open(warc_url, "rb", **self.storage_options) as fh:
-                for page in read_warc(fh, self.sites, self.seen, self.max_bytes, counts):
+                for page in read_warc(fh, self.sites, self.seen, self.max_bytes, counts, errors):
                     self.pages.inc()
                     yield "pages", page
+                    yield from ((ERRORS, e) for e in errors)
+                    errors.clear()
         except Exception as e:  # unreadable or truncated file: its pages so far stand, the rest is an error
             yield ERRORS, error_row("fetch", f"WARC {type(e).__name__}: {e}", url=warc_url)
+        yield from ((ERRORS, e) for e in errors)
         store, run_id = self.stats
         store.write_json(f"{staging_dir(run_id)}/{stats_name(warc_url)}", {"warc": warc_url, **counts})
 
