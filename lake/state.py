@@ -83,10 +83,18 @@ def id_key(article_id: str) -> int:
 
 
 @lru_cache(maxsize=16)
+def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows per band) datasketch's MinHashLSH chooses for this threshold. Choosing integrates the
+    false positive and negative rates numerically (milliseconds): done once per process, not per index."""
+    from datasketch import MinHashLSH
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    return lsh.b, lsh.r
+
+
 def lsh_ranges(threshold: float, num_perm: int) -> tuple[tuple[int, int], ...]:
     """The bands (start, end) datasketch's MinHashLSH uses for this threshold: the same candidates."""
-    from datasketch import MinHashLSH
-    return tuple(MinHashLSH(threshold=threshold, num_perm=num_perm).hashranges)
+    b, r = lsh_params(threshold, num_perm)
+    return tuple((i * r, (i + 1) * r) for i in range(b))
 
 
 def band_keys(sig: np.ndarray, ranges: Iterable[tuple[int, int]]) -> list[int]:

@@ -273,3 +273,18 @@ def test_keyed_path_reads_the_index_per_range(tmp_path, monkeypatch):
 def test_clusters_are_connected_components():
     assert sorted(components([("b", "a"), ("c", "b"), ("e", "d")])) == [("a", "a"), ("b", "a"), ("c", "a"),
                                                                        ("d", "d"), ("e", "d")]
+
+
+def test_lsh_bands_are_chosen_once_and_match_datasketch():
+    """Keyed dedup builds one small index per cluster: the band parameters must not be optimised again for
+    each (datasketch integrates numerically for that, milliseconds a time), and must be datasketch's own."""
+    from datasketch import MinHashLSH
+
+    from warta.lake.state import lsh_params, lsh_ranges
+    for threshold in (0.3, 0.6, 0.9):
+        for num_perm in (64, 128):
+            assert lsh_ranges(threshold, num_perm) == tuple(MinHashLSH(threshold=threshold, num_perm=num_perm).hashranges)
+    lsh_params.cache_clear()
+    for _ in range(50):
+        NearDuplicateIndex(IndexSnapshot(exact={}, roots={}, signatures=[]), DedupSettings())
+    assert lsh_params.cache_info().misses == 1

@@ -36,7 +36,7 @@ import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from warta.config.settings import DedupSettings
-from warta.lake.state import IndexSnapshot, WindowRow, band_keys, id_key, key64, lsh_ranges
+from warta.lake.state import IndexSnapshot, WindowRow, band_keys, id_key, key64, lsh_params, lsh_ranges
 from warta.net.urls import normalize_url, plausible_article_url
 from warta.transforms.outputs import split
 
@@ -100,7 +100,9 @@ class NearDuplicateIndex:
         self.settings = settings
         self.exact = ChainMap({}, snapshot.exact)  # this run's keys over the snapshot (read, not copied)
         self.roots = ChainMap({}, snapshot.roots)
-        self.lsh = MinHashLSH(threshold=lsh_threshold(settings), num_perm=settings.num_perm)
+        threshold = lsh_threshold(settings)  # params given: MinHashLSH would choose them again for every cluster
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=settings.num_perm,
+                              params=lsh_params(threshold, settings.num_perm))
         self.sigs: dict[str, np.ndarray] = {}
         self.order: dict[str, int] = {}
         for aid, sig, _ in snapshot.signatures:
