@@ -11,6 +11,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from conftest import FIXTURES, ROOT, seed_article, tiny_corpus
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 import warta.transforms.ner as ner
 from warta.config.settings import ConfigError, NerSettings
@@ -192,3 +195,30 @@ def test_stanza_package_with_charlms_tags_as_stanza_does(charlm_stanza_dir):
     ents = Tagger(settings, {"en": paths}).tag([text], "en")[0]
     check_offsets(text, ents)
     assert {e["label"] for e in ents} <= {"PER", "LOC", "ORG"}
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 2**40), max_size=12), min_size=1, max_size=10).filter(
+    lambda rows: any(rows)), st.integers(0, 5), st.integers(0, 9))
+def test_padded_long_tensor_equals_stanzas(rows, extra, pad):
+    """warta's one-step padding gives Stanza's tensor exactly (shape, dtype, values), for any ragged rows."""
+    import torch
+    from stanza.models.common.data import get_long_tensor
+    ours, theirs = ner.padded_long_tensor(rows, len(rows) + extra, pad), get_long_tensor(rows, len(rows) + extra, pad)
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape and torch.equal(ours, theirs)
+
+
+def test_fast_tensors_only_inside_warta_tagging(monkeypatch):
+    """The one-step padding is taken inside ner_tags only (the lean-tagging test above checks its tags):
+    stanza.Pipeline elsewhere in the process, e.g. the benchmarks' raw Stanza limit, runs Stanza's own."""
+    import stanza.models.ner.data as ner_data
+    calls = []
+    real = ner.padded_long_tensor
+    monkeypatch.setattr(ner, "padded_long_tensor", lambda *a: calls.append(len(a[0])) or real(*a))
+    paths = model_paths("id", NerSettings())
+    ner_tags(NerModel(paths, 1), [["Joko", "Widodo", "ke", "Surabaya", "."]])
+    assert calls  # words and characters of the batch
+    calls.clear()
+    build_pipeline("id", paths, 1)([["Joko", "Widodo", "ke", "Surabaya", "."]])
+    ner_data.get_long_tensor([[1, 2], [3]], 2)
+    assert calls == []
