@@ -386,7 +386,9 @@ class Deduplicate(beam.PTransform):
             | "LinkKeys" >> beam.FlatMap(link_keys)
             | "GroupLinks" >> beam.GroupByKey()
             | "Links" >> beam.FlatMap(links)
-            | "AllLinks" >> beam.combiners.ToList()  # id pairs of linked articles only
+            # id pairs of linked articles only (candidates that passed the threshold: syndicated copies), so
+            # one list is small even at 1M articles a day; without defaults: no side input (Dask)
+            | "AllLinks" >> beam.combiners.ToList().without_defaults()
             | "Components" >> beam.FlatMap(components)
         )
         looked = (
