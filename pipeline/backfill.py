@@ -40,7 +40,7 @@ from warta.pipeline.command import (
     add_log_level,
     command,
     command_parser,
-    lock_or_exit,
+    locked_lake,
     settings_or_exit,
     start_logging,
 )
@@ -159,7 +159,7 @@ def _run(argv: list[str], parser: Callable[[], argparse.ArgumentParser], body) -
         options = beam_options(beam_args, ns.runner, dask_address, max(1, ns.workers or usable_cpus()),
                                quiet=not ns.verbose)
         settings = sized_to_machine(settings, options, ns.runner)
-        with lock_or_exit(), RunLock(store, new_run_id(), ttl=settings.lock_ttl) as lock:
+        with locked_lake(store, settings) as lock:
             recover(store, settings.dedup.window_days, lock)
             summary = body(ns, settings, feeds, store, options, lock)
     log.info(summary)  # the last line, after a local dask cluster's shutdown notices

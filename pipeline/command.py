@@ -11,7 +11,7 @@ A command is a function ``(argv) -> exit status`` decorated with :func:`command`
         start_logging(ns)                        # --log-level (every command has it)
         settings = settings_or_exit(ns.config)   # configuration error: exit 2
         store = lake_or_exit(ns.output, settings)  # no lake there: exit 2
-        with lock_or_exit(), RunLock(store, ...):  # another run holds the lake: exit 3
+        with locked_lake(store, settings):  # another run holds the lake: exit 3
             ...
 """
 
@@ -25,7 +25,8 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from warta.config.settings import ConfigError, Settings, load_settings
-from warta.lake.lock import LockedError
+from warta.lake.lock import LockedError, RunLock
+from warta.lake.schema import new_run_id
 from warta.lake.store import Store
 from warta.pipeline.exits import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK
 from warta.pipeline.progress import setup_logging
@@ -78,6 +79,13 @@ def settings_or_exit(config: Any, overrides: dict[str, Any] | None = None) -> Se
         return load_settings(config, overrides)
     except ConfigError as e:
         raise Exit(EXIT_CONFIG, f"configuration error: {e}") from None
+
+
+@contextmanager
+def locked_lake(store: Store, settings: Settings) -> Iterator[RunLock]:
+    """The lake's run lock around a command's block (a new run id; exit 3 when another run holds it)."""
+    with lock_or_exit(), RunLock(store, new_run_id(), ttl=settings.lock_ttl) as lock:
+        yield lock
 
 
 @contextmanager

@@ -8,7 +8,7 @@ import re
 import time
 from pathlib import Path
 
-from warta.lake.commit import RunLock, new_run_id, recover
+from warta.lake.commit import recover
 from warta.lake.compact import Policy, compact, record_lake_schema
 from warta.pipeline.command import (
     Exit,
@@ -16,7 +16,7 @@ from warta.pipeline.command import (
     command,
     command_parser,
     lake_or_exit,
-    lock_or_exit,
+    locked_lake,
     settings_or_exit,
     start_logging,
 )
@@ -65,7 +65,7 @@ def compact_command(argv: list[str]) -> int:
             policy.retention_days[dataset] = days
     t0 = time.monotonic()
     store = lake_or_exit(ns.output, settings)
-    with lock_or_exit(), RunLock(store, new_run_id(), ttl=settings.lock_ttl) as lock:
+    with locked_lake(store, settings) as lock:
         recover(store, settings.dedup.window_days, lock)
         stats = compact(store, policy, [p.rstrip("/") for p in ns.partition] or ("articles", "errors"),
                         fence=lock.check)

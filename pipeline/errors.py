@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from warta.lake.commit import RunLock, new_run_id
 from warta.lake.failures import matching, read_records, retry_now
 from warta.lake.state import FEEDS_FILE
 from warta.pipeline.command import (
@@ -14,7 +13,7 @@ from warta.pipeline.command import (
     command,
     command_parser,
     lake_or_exit,
-    lock_or_exit,
+    locked_lake,
     settings_or_exit,
     start_logging,
 )
@@ -62,7 +61,7 @@ def errors(argv: list[str]) -> int:
             print(f"warta errors: no failures remembered in {ns.output}" + (f" matching {which}" if which else ""),
                   file=sys.stderr)
         return EXIT_OK
-    with lock_or_exit(), RunLock(store, new_run_id(), ttl=settings.lock_ttl):
+    with locked_lake(store, settings):
         hits = retry_now(store, utcnow(), ns.stage, ns.source)
         feeds = store.read_json(FEEDS_FILE, default={}) or {}
         for feed_url in {r["feed_url"] for r in hits} & feeds.keys():

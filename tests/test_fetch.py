@@ -139,3 +139,28 @@ def test_groups_are_balanced_on_the_pages_the_budget_lets_each_host_fetch():
     hosts = sorted(sorted(h for h, _ in g) for g in groups)
     assert hosts == [["huge.id", "s2.id", "s4.id"], ["s0.id", "s1.id", "s3.id", "s5.id"]]  # 11 vs 12 pages that fit
     assert [h for h, _ in plan_groups(huge + small, 2)[0]] == ["huge.id"]  # without a budget: 30 vs 18
+
+
+def test_fetch_hosts_settles_every_entry_as_page_error_or_backlog(server, monkeypatch):
+    """The plain function behind FetchPages: each entry of each host comes out exactly once, as a page, an
+    error row (also when the host's thread itself fails) or backlog (past the deadline)."""
+    import warta.transforms.fetch as fetch
+    from warta.net.http import HttpClient
+
+    server.routes["/ok.html"] = Route("<html><body><p>x</p></body></html>")
+    port = server.base.rsplit(":", 1)[1]
+    good = [entry(f"http://127.0.0.1:{port}/ok.html"), entry(f"http://127.0.0.1:{port}/missing.html")]
+    broken = [entry(f"http://localhost:{port}/a.html"), entry(f"http://localhost:{port}/b.html")]
+    real_pace = fetch.host_pace
+    monkeypatch.setattr(fetch, "host_pace", lambda client, url: (_ for _ in ()).throw(RuntimeError("robots blew up"))
+                        if url.startswith("http://localhost") else real_pace(client, url))
+    client = HttpClient(HttpSettings(host_delay=0, retries=0, respect_robots=False))
+    try:
+        out = list(fetch.fetch_hosts([("127.0.0.1", good), ("localhost", broken)], client, None, 8))
+        late = list(fetch.fetch_hosts([("127.0.0.1", good)], client, time.time() - 1, 8))
+    finally:
+        client.close()
+    kinds = sorted((kind, row["url"].rsplit("/", 1)[1]) for kind, row in out)
+    assert kinds == [("error", "a.html"), ("error", "b.html"), ("error", "missing.html"), ("page", "ok.html")]
+    assert all("robots blew up" in row["error"] for kind, row in out if row["url"].startswith("http://localhost"))
+    assert sorted(kind for kind, _ in late) == ["backlog", "backlog"]

@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -150,12 +150,63 @@ def group_hosts(bins: Iterable[list[tuple[str, list[dict[str, Any]]]]]) -> list[
     return sorted((host for bin_ in bins for host in bin_), key=lambda h: (-len(h[1]), h[0]))
 
 
+def fetch_hosts(host_groups: list[tuple[str, list[dict]]], client: HttpClient, deadline: float | None,
+                max_threads: int) -> Iterator[tuple[str, dict]]:
+    """Fetch a group of hosts, one thread per host (politeness is per host; at most ``max_threads`` open
+    connections), each host's entries in order: ``("page" | "backlog" | "error", row)`` as they arrive.
+    Entries a host cannot fetch before ``deadline`` (its pace counted) come out as ``backlog``; whatever a
+    host's thread raises becomes an ``error`` row for each of its entries not yet settled."""
+    threads = max(1, min(len(host_groups), max_threads))
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fetch")
+    # Bounded: when the stages downstream (NER) are slower than the network, fetching waits
+    # instead of holding every page of the group in memory.
+    arrived: queue.Queue = queue.Queue(maxsize=4 * threads)
+    stop = threading.Event()
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                arrived.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def fetch_into_queue(entries) -> None:
+        done = 0
+        try:
+            fits = pages_within(deadline, host_pace(client, entries[0]["url"]))
+            for i, entry in enumerate(entries):
+                if stop.is_set():
+                    return
+                late = i >= fits or (deadline is not None and time.time() >= deadline)
+                put(("backlog", entry) if late else fetch_one(entry, client))
+                done += 1
+        except Exception as e:  # never lose a host's entries: each one not yet settled gets an error row
+            for entry in entries[done:]:
+                put(("error", error_from(e, "fetch", entry)))
+        finally:
+            put(None)  # this host is done
+
+    for _, entries in host_groups:
+        pool.submit(fetch_into_queue, entries)
+    running = len(host_groups)
+    try:
+        while running:
+            item = arrived.get()
+            if item is None:
+                running -= 1
+            else:
+                yield item
+    finally:
+        stop.set()  # the consumer stopped (a bundle failed downstream): let the fetching threads go
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 class _FetchHostsFn(beam.DoFn):
     def __init__(self, http: HttpSettings, deadline: Deadline):
         self.http, self.deadline_of = http, deadline
-        self.fetched = beam.metrics.Metrics.counter("warta", "pages_fetched")
-        self.failed = beam.metrics.Metrics.counter("warta", "pages_failed")
-        self.deferred = beam.metrics.Metrics.counter("warta", "pages_deferred")
+        self.counters = {kind: beam.metrics.Metrics.counter("warta", name) for kind, name in
+                         (("page", "pages_fetched"), ("error", "pages_failed"), ("backlog", "pages_deferred"))}
 
     def setup(self):
         self.client = HttpClient(self.http)
@@ -165,60 +216,9 @@ class _FetchHostsFn(beam.DoFn):
         self.client.close()
 
     def process(self, host_groups: list[tuple[str, list[dict]]]):
-        # One thread per host (politeness is per host), at most fetch_threads open connections.
-        threads = max(1, min(len(host_groups), self.http.fetch_threads))
-        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fetch")
-        # Bounded: when the stages downstream (NER) are slower than the network, fetching waits
-        # instead of holding every page of the group in memory.
-        arrived: queue.Queue = queue.Queue(maxsize=4 * threads)
-        stop = threading.Event()
-
-        def put(item) -> None:
-            while not stop.is_set():
-                try:
-                    arrived.put(item, timeout=0.2)
-                    return
-                except queue.Full:
-                    continue
-
-        def fetch_into_queue(entries) -> None:
-            done = 0
-            try:
-                fits = pages_within(self.deadline, host_pace(self.client, entries[0]["url"]))
-                for i, entry in enumerate(entries):
-                    if stop.is_set():
-                        return
-                    late = i >= fits or (self.deadline is not None and time.time() >= self.deadline)
-                    put(("backlog", entry) if late else fetch_one(entry, self.client))
-                    done += 1
-            except Exception as e:  # never lose a host's entries: each one not yet settled gets an error row
-                for entry in entries[done:]:
-                    put(("error", error_from(e, "fetch", entry)))
-            finally:
-                put(None)  # this host is done
-
-        for _, entries in host_groups:
-            pool.submit(fetch_into_queue, entries)
-        running = len(host_groups)
-        try:
-            while running:
-                item = arrived.get()
-                if item is None:
-                    running -= 1
-                    continue
-                kind, row = item
-                if kind == "page":
-                    self.fetched.inc()
-                    yield "pages", row
-                elif kind == "backlog":
-                    self.deferred.inc()
-                    yield BACKLOG, row
-                else:
-                    self.failed.inc()
-                    yield ERRORS, row
-        finally:
-            stop.set()  # the bundle failed downstream: let the fetching threads go
-            pool.shutdown(wait=False, cancel_futures=True)
+        for kind, row in fetch_hosts(host_groups, self.client, self.deadline, self.http.fetch_threads):
+            self.counters[kind].inc()
+            yield {"page": "pages", "backlog": BACKLOG, "error": ERRORS}[kind], row
 
 
 @dataclass(eq=False)
