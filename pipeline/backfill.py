@@ -186,6 +186,33 @@ def take_chunk(pending: list[dict[str, Any]], size: int, seconds: float, delay: 
     return chunk
 
 
+def _discover(found: list[Discovery], client: HttpClient, deadline: float, commit_one, c: Counter) -> None:
+    """Discovery of each unfinished feed, until ``deadline``; ``commit_one(d)`` commits a feed's progress."""
+    for d in found:
+        if d.done or time.monotonic() >= deadline:
+            continue
+        before, counts = len(d.entries), dict(d.counts)
+        d.run(client, deadline)
+        c["discovered"] += len(d.entries) - before
+        c.update({k: d.counts[k] - counts.get(k, 0) for k in d.counts})
+        commit_one(d)
+        d.errors = []
+
+
+def _skip_known(ready: list[Discovery], store: Store, c: Counter) -> None:
+    """Drop the URLs already in the lake (polled, archived, backfilled before) or failed and not due yet:
+    no request for them."""
+    seen, failures, now = open_index(store).url_keys, load_failures(store), utcnow()
+    for d in ready:
+        keys = {k: key64(normalize_url(e["url"])) for k, e in d.entries.items()}
+        known = [k for k, key in keys.items() if key in seen]
+        waiting = [k for k, key in keys.items() if key not in seen and failures.waiting(key, now)]
+        c["in_lake"] += len(known)
+        c["waiting"] += len(waiting)
+        for k in known + waiting:
+            del d.entries[k]
+
+
 def _backfill(ns, settings: Settings, feeds: list, store: Store, options, lock: RunLock) -> str:
     t0 = time.monotonic()
     deadline = t0 + ns.max_run_time
@@ -193,30 +220,14 @@ def _backfill(ns, settings: Settings, feeds: list, store: Store, options, lock: 
     client = HttpClient(settings.http)
     try:
         found = [Discovery.resume(f, ns.since, ns.until, store.read_json(f"_state/{state_file(f)}")) for f in feeds]
-        for d in found:  # discovery, committed per feed
-            if d.done or time.monotonic() >= deadline:
-                continue
-            before, counts = len(d.entries), dict(d.counts)
-            d.run(client, deadline)
-            c["discovered"] += len(d.entries) - before
-            c.update({k: d.counts[k] - counts.get(k, 0) for k in d.counts})
-            run_pipeline(store, settings, feeds, options, ns, None, {state_file(d.feed): d.state()}, lock,
-                         errors=d.errors)
-            d.errors = []
+        _discover(found, client, deadline, lambda d: run_pipeline(
+            store, settings, feeds, options, ns, None, {state_file(d.feed): d.state()}, lock, errors=d.errors), c)
         ready = [d for d in found if d.done]
-        seen, failures, now = open_index(store).url_keys, load_failures(store), utcnow()
-        for d in ready:  # in the lake (polled, archived, backfilled before) or failed and not due yet: no request
-            keys = {k: key64(normalize_url(e["url"])) for k, e in d.entries.items()}
-            known = [k for k, key in keys.items() if key in seen]
-            waiting = [k for k, key in keys.items() if key not in seen and failures.waiting(key, now)]
-            c["in_lake"] += len(known)
-            c["waiting"] += len(waiting)
-            for k in known + waiting:
-                del d.entries[k]
+        _skip_known(ready, store, c)
         owner = {k: d for d in ready for k in d.entries}
-        pending = sorted(((k, e) for d in ready for k, e in d.entries.items()),
+        pending = sorted(((k, e) for d in ready for k, e in d.entries.items()),  # newest first
                          key=lambda ke: (-(ke[1]["date"].timestamp() if ke[1]["date"] else 0), ke[0]))
-        while pending and time.monotonic() < deadline:
+        while pending and time.monotonic() < deadline:  # fetched in chunks, each committed
             chunk = take_chunk([e for _, e in pending], ns.batch_size, deadline - time.monotonic(),
                                partial(host_pace, client))
             keys = {normalize_url(e["url"]) for e in chunk}
