@@ -207,8 +207,8 @@ def main(argv=None) -> int:
         args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
         print(json.dumps(result["state_load"], indent=1))
         return 0
-    result = {"conditions": f"{os.cpu_count()} cores shared with 7 other helpers working at the same time; "
-                            "local disk; timings indicative", "scale": vars(args) | {"json": None}}
+    result = {"conditions": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start; local disk",
+              "scale": vars(args) | {"json": None}}
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmpdir:
         tmp = Path(tmpdir)
         out = tmp / "lake"
