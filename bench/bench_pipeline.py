@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -36,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.newsworld import feeds_yaml, serve_world  # noqa: E402
+from bench.shared import wait_sampled  # noqa: E402
 from warta.config.settings import HttpSettings, NerSettings  # noqa: E402
 from warta.net.http import HttpClient  # noqa: E402
 from warta.pipeline.options import usable_cpus  # noqa: E402
@@ -151,7 +151,6 @@ def physical_limit(pages: list[dict], use_ner: bool, lean: bool = True) -> dict:
 def timed_run(args: list[str]) -> tuple[float, float, str]:
     """Wall seconds, peak RSS (MB, the process and its workers) and stderr of one ``run_local.py`` run."""
     peak = [0]
-    t0 = time.perf_counter()
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def sample():
@@ -164,13 +163,7 @@ def timed_run(args: list[str]) -> tuple[float, float, str]:
                 pass
             time.sleep(0.2)
 
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
-    _, stderr = proc.communicate()
-    wall = time.perf_counter() - t0
-    watcher.join()
-    if proc.returncode != 0:
-        raise RuntimeError(stderr[-3000:])
+    wall, stderr = wait_sampled(proc, sample)
     return wall, peak[0] / 2**20, stderr
 
 

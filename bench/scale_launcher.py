@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -32,6 +31,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.shared import wait_sampled  # noqa: E402
 from tests.pages import rss_feed  # noqa: E402  (a test page builder; no test data)
 from warta.pipeline.loopback import LoopbackServer, Route  # noqa: E402
 
@@ -67,14 +67,7 @@ def measured_run(args: list[str], env: dict) -> dict:
                 pass
             time.sleep(0.1)
 
-    t0 = time.perf_counter()
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
-    _, stderr = proc.communicate()
-    wall = time.perf_counter() - t0
-    watcher.join()
-    if proc.returncode != 0:
-        raise RuntimeError(stderr[-3000:])
+    wall, stderr = wait_sampled(proc, sample)
     summary = [line for line in stderr.splitlines() if "warta run" in line][-1]
     return {"wall_s": round(wall, 2), "launcher_cpu_s": round(seen["cpu"], 2),
             "launcher_peak_rss_mb": round(seen["rss"], 1),
