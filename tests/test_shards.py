@@ -287,3 +287,31 @@ def test_lock_ttl_covers_the_budget_and_the_commit(tmp_path, monkeypatch):
         with pytest.raises(LockedError):
             cli.run_once([], Settings(), str(tmp_path / "lake"), [], max_run_time=budget)
         assert seen["ttl"] >= budget + cli.COMMIT_ALLOWANCE and seen["ttl"] >= Settings().lock_ttl
+
+
+def side_inputs(p: beam.Pipeline) -> list[str]:
+    """Labels of the steps of ``p`` that read a side input."""
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2
+    found = []
+    for t in p.to_runner_api().components.transforms.values():
+        if t.spec.urn == common_urns.primitives.PAR_DO.urn and \
+                beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).side_inputs:
+            found.append(t.unique_name)
+    return found
+
+
+def test_the_cluster_graph_reads_no_side_input(tmp_path):
+    """Beam's DaskRunner computes a side input (e.g. a global combiner's default value) by submitting the
+    whole graph again from a worker: the poll's graph, as a cluster runs it, must have none."""
+    from warta.pipeline.build import build
+    probe = beam.Pipeline()
+    _ = probe | beam.Create([1]) | beam.combiners.ToList()  # with its default: the side input we must not have
+    assert side_inputs(probe)
+    store, run = Store(str(tmp_path / "lake")), "r1"
+    feeds = [Feed(name=f"f{i}", url=f"http://h{i}.test/rss", language="id") for i in range(3)]
+    p = beam.Pipeline()
+    build(p, Plan(feeds=feeds, settings=Settings(), store=store, run_id=run, validators=None, workers=3,
+                  ner_batching="shuffle", join_sinks=True, backlog=["b.json"], budget=60.0,
+                  feeds_file=write_feeds(store, run, feeds)))
+    assert side_inputs(p) == []
