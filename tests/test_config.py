@@ -79,12 +79,17 @@ def test_runner_in_settings_is_a_known_name_or_a_beam_runner(tmp_path, runner, o
             load_settings(p)
 
 
-def test_a_mistyped_feed_key_is_named_with_what_it_resembles(tmp_path):
+def feeds_error(tmp_path, text: str) -> str:
+    """The ConfigError message load_feeds gives for a feeds file holding ``text``."""
     f = tmp_path / "feeds.yaml"
-    f.write_text("feeds:\n  - name: kompas\n    ulr: https://kompas.example/feed\n")
+    f.write_text(text)
     with pytest.raises(ConfigError) as e:
         load_feeds(f)
-    msg = str(e.value)
+    return str(e.value)
+
+
+def test_a_mistyped_feed_key_is_named_with_what_it_resembles(tmp_path):
+    msg = feeds_error(tmp_path, "feeds:\n  - name: kompas\n    ulr: https://kompas.example/feed\n")
     assert "feeds.0.ulr: unknown key (did you mean `url`?)" in msg
     assert "feeds.0.url: missing (required)" in msg
 
@@ -103,21 +108,14 @@ def test_every_problem_in_one_message(tmp_path):
         "extract.profiles.example.com.bodyy: unknown key (did you mean `body`?)"}
     assert any(line.strip().startswith("http.retries:") for line in lines)
     assert any(line.strip().startswith("lake.layout:") for line in lines)
-    f = tmp_path / "feeds.yaml"
-    f.write_text("feeds:\n  - name: a\n    url: ftp://x/\n  - {name: b, url: 'http://y/', languge: en}\n"
-                 "  - {name: a, url: 'http://z/'}\n")
-    with pytest.raises(ConfigError) as e:
-        load_feeds(f)
-    assert [line.strip() for line in str(e.value).splitlines()[1:]] == [
+    msg = feeds_error(tmp_path, "feeds:\n  - name: a\n    url: ftp://x/\n  - {name: b, url: 'http://y/', languge: en}\n"
+                                "  - {name: a, url: 'http://z/'}\n")
+    assert [line.strip() for line in msg.splitlines()[1:]] == [
         "feeds.0.url: must be an http(s) URL", "feeds.1.languge: unknown key (did you mean `language`?)"]
 
 
 def test_a_feed_name_rule_is_said_in_words(tmp_path):
-    f = tmp_path / "feeds.yaml"
-    f.write_text("feeds:\n  - name: my feed\n    url: http://x/\n")
-    with pytest.raises(ConfigError) as e:
-        load_feeds(f)
-    msg = str(e.value)
+    msg = feeds_error(tmp_path, "feeds:\n  - name: my feed\n    url: http://x/\n")
     assert "'my feed' is not a valid feed name: use letters, digits, '.', '_' and '-'" in msg and "no spaces" in msg
     assert "[A-Za-z0-9]" not in msg and "pattern" not in msg
 
